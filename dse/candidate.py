@@ -1,0 +1,78 @@
+"""One candidate: apply an assignment to the trained model, then measure and estimate it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pandas as pd
+import torch.nn as nn
+
+from dse.assignment import Assignment, LayerConfig, apply_assignment
+from dse.cost.energy import EnergyModel
+from dse.cost.macs import LayerShape, layer_shapes
+from dse.evaluation import Evaluator
+
+__all__ = ["CandidateResult", "CandidateEvaluator"]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """Every metric of ``dse.study.objectives.TRIAL_METRICS``, and the per-layer cost table."""
+
+    metrics: dict[str, float]
+    layers: pd.DataFrame
+
+
+class CandidateEvaluator:
+    """Evaluate assignments of one trained model on one evaluator and energy model."""
+
+    def __init__(self, model: nn.Module, evaluator: Evaluator, energy_model: EnergyModel) -> None:
+        self.model = model.eval()
+        self.evaluator = evaluator
+        self.energy_model = energy_model
+        self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
+
+    def cost_table(self, model: nn.Module, assignment: Assignment) -> pd.DataFrame:
+        energies = self.energy_model.estimate(model, self.shapes, assignment)
+        rows = []
+        for name, shape in self.shapes.items():
+            e = energies[name]
+            rows.append({
+                "layer": name,
+                "kind": shape.kind,
+                "macs": shape.macs,
+                "weights": shape.weight_numel,
+                "decimals": assignment.get(name, LayerConfig()).decimals,
+                "weight_bits": e.weight_bits,
+                "multiply_pj": e.multiply_pj,
+                "add_pj": e.add_pj,
+                "weight_memory_pj": e.weight_memory_pj,
+                "activation_memory_pj": e.activation_memory_pj,
+                "total_pj": e.total_pj,
+            })
+        return pd.DataFrame(rows)
+
+    def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
+        candidate = apply_assignment(self.model, assignment)
+        acc = self.evaluator.accuracy(candidate)
+        table = self.cost_table(self.model, assignment)
+        macs = table["macs"].sum()
+        metrics = {
+            "accuracy": acc.acc_top1,
+            "accuracy_top5": acc.acc_top5,
+            "energy_uj": float(table["total_pj"].sum()) / 1e6,
+            "mean_weight_bits": float((table["weight_bits"] * table["macs"]).sum() / macs),
+            "inference_time_s": math.nan,
+            "ms_per_image": math.nan,
+        }
+        if timing:
+            t = self.evaluator.inference_time(candidate)
+            metrics.update({
+                "inference_time_s": t.median_s,
+                "ms_per_image": t.ms_per_image,
+                "inference_time_min_s": t.min_s,
+                "inference_time_max_s": t.max_s,
+            })
+        return CandidateResult(metrics, table)

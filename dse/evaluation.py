@@ -1,0 +1,135 @@
+"""Evaluating a candidate model: accuracy through Lightning, and measured time.
+
+Accuracy comes from ``Trainer.test`` of :class:`~dse.training.classifier.ImageClassifier`
+on the data module's test loader (no shuffle, no dropped samples), on the GPU
+when there is one. Inference time is the wall-clock time of the model's forward
+passes over the same images, already on the device and normalised: one warm-up
+batch, then ``repeats`` full passes, median and spread reported. It is the time
+of *this emulation on this machine*, not of any hardware the cost model describes.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn as nn
+
+from dse.training.cifar10 import normalize
+from dse.training.classifier import ImageClassifier
+
+__all__ = ["Evaluator", "AccuracyResult", "TimingResult", "default_device"]
+
+_logger = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    acc_top1: float
+    acc_top5: float
+    n_images: int
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """Seconds for one forward pass over the whole evaluation set."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    n_images: int
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000.0 * self.median_s / self.n_images
+
+
+class Evaluator:
+    """Accuracy and timing of models on one data module's test set.
+
+    Args:
+        datamodule: a set-up-able Lightning data module with ``test_dataloader``.
+        accelerator: Lightning accelerator (``"auto"``: GPU when present).
+        channels_last: evaluate in NHWC (faster for convolutions on CPU and GPU).
+        timing_repeats: full timed passes per model (median reported).
+        threads: torch intra-op threads for evaluation, or None to leave torch's setting.
+    """
+
+    def __init__(
+        self,
+        datamodule: L.LightningDataModule,
+        accelerator: str = "auto",
+        channels_last: bool = True,
+        timing_repeats: int = 3,
+        threads: int | None = None,
+    ) -> None:
+        if timing_repeats < 1:
+            raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}.")
+        self.datamodule = datamodule
+        self.accelerator = accelerator
+        self.channels_last = channels_last
+        self.timing_repeats = timing_repeats
+        if threads:
+            torch.set_num_threads(threads)
+        datamodule.setup("test")
+        self.device = default_device() if accelerator == "auto" else torch.device(accelerator)
+        self._timing_batches: list[torch.Tensor] | None = None
+
+    @property
+    def n_images(self) -> int:
+        return len(self.datamodule.test_dataloader().dataset)  # type: ignore[arg-type]
+
+    def accuracy(self, model: nn.Module) -> AccuracyResult:
+        """Top-1/top-5 accuracy of ``model`` (eval mode) on the test loader."""
+        module = ImageClassifier(model, channels_last=self.channels_last)
+        trainer = L.Trainer(
+            accelerator=self.accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
+        return AccuracyResult(float(metrics["test/acc_top1"]), float(metrics["test/acc_top5"]), self.n_images)
+
+    def _batches(self) -> list[torch.Tensor]:
+        if self._timing_batches is None:
+            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+            self._timing_batches = [
+                normalize(x.to(self.device)).contiguous(memory_format=memory_format)
+                for x, _ in self.datamodule.test_dataloader()
+            ]
+        return self._timing_batches
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def inference_time(self, model: nn.Module) -> TimingResult:
+        """Median wall-clock seconds of ``repeats`` forward passes over the evaluation set."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=memory_format).eval()
+        batches = self._batches()
+        model(batches[0])  # warm-up: allocator, kernel selection
+        times = []
+        for _ in range(self.timing_repeats):
+            self._sync()
+            start = time.perf_counter()
+            for x in batches:
+                model(x)
+            self._sync()
+            times.append(time.perf_counter() - start)
+        n = sum(len(x) for x in batches)
+        return TimingResult(statistics.median(times), min(times), max(times), self.timing_repeats, n)

@@ -1,0 +1,44 @@
+"""The metrics a trial produces, and which of them a study optimises."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from dse.exceptions import ConfigError
+
+__all__ = ["Objective", "TRIAL_METRICS", "parse_objectives"]
+
+# Every metric a trial logs, with its unit; any of them can be an objective.
+TRIAL_METRICS: Mapping[str, str] = {
+    "accuracy": "top-1 accuracy on the search set, fraction",
+    "accuracy_top5": "top-5 accuracy on the search set, fraction",
+    "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy)",
+    "inference_time_s": "measured wall-clock seconds of one pass over the search set (median)",
+    "ms_per_image": "measured wall-clock milliseconds per image (median pass / images)",
+    "mean_weight_bits": "MAC-weighted mean weight width of the Conv2d/Linear layers, bits",
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: Literal["maximize", "minimize"]
+
+    def __post_init__(self) -> None:
+        if self.name not in TRIAL_METRICS:
+            raise ConfigError(f"Unknown objective {self.name!r}; trials report: {', '.join(TRIAL_METRICS)}.")
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(f"Objective {self.name!r}: direction must be maximize or minimize, got {self.direction!r}.")
+
+
+def parse_objectives(spec: Sequence[Mapping[str, str]]) -> list[Objective]:
+    """``[{name: accuracy, direction: maximize}, ...]`` -> objectives, at least one, no repeats."""
+    objectives = [Objective(str(o["name"]), o["direction"]) for o in spec]  # type: ignore[arg-type]
+    if not objectives:
+        raise ConfigError("study.objectives is empty; give at least one, e.g. {name: accuracy, direction: maximize}.")
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study.objectives repeats a metric: {names}.")
+    return objectives

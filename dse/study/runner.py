@@ -1,0 +1,202 @@
+"""The trial loop: budget, baseline, duplicates, constraints, progress and tracking.
+
+``n_trials`` is the study's target number of COMPLETE trials, not a per-run
+increment: re-running the same command after a crash finishes the budget and
+does nothing more. Each distinct assignment is evaluated once; a trial that
+proposes one already done (or running in another worker) is PRUNED with the
+attribute ``duplicate_of`` and does not count. The all-exact baseline is
+enqueued once, so it is trial 0 of a new study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from dse.assignment import assignment_key
+from dse.candidate import CandidateEvaluator
+from dse.search_spaces import BoundSpace
+from dse.study.objectives import Objective
+from dse.tracking.mlflow_tracker import MlflowTracker
+from dse.tracking.pareto import hypervolume, normalized_points
+
+__all__ = ["StudySettings", "StudyRunner", "BASELINE_KEY"]
+
+_logger = logging.getLogger(__name__)
+BASELINE_KEY = assignment_key({})
+_KEY_ATTR = "assignment_key"
+_REFERENCE_ATTR = "hypervolume_reference"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What the loop needs besides the study itself.
+
+    Attributes:
+        n_trials: target number of COMPLETE trials for the whole study.
+        objectives: optimised metrics, in the study's direction order.
+        max_accuracy_drop: feasibility constraint (fraction, e.g. 0.01), or None.
+        max_duplicate_streak: stop after this many duplicate proposals in a row.
+        plot_every: refresh the HTML/PNG front every this many complete trials.
+        timing: measure inference time (needed if it is an objective).
+    """
+
+    n_trials: int
+    objectives: Sequence[Objective]
+    max_accuracy_drop: float | None = None
+    max_duplicate_streak: int = 50
+    plot_every: int = 5
+    timing: bool = True
+
+
+def count_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+class StudyRunner:
+    """Run ``study`` until it holds ``settings.n_trials`` COMPLETE trials."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: BoundSpace,
+        candidates: CandidateEvaluator,
+        settings: StudySettings,
+        tracker: MlflowTracker | None = None,
+    ) -> None:
+        self.study = study
+        self.space = space
+        self.candidates = candidates
+        self.settings = settings
+        self.tracker = tracker
+        self._duplicate_streak = 0
+        self._baseline_accuracy: float | None = None
+        self._progress: tqdm | None = None
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Evaluate trials until the budget is complete; return the number of COMPLETE trials."""
+        budget = self.settings.n_trials
+        if budget > self.space.size:
+            _logger.warning("n_trials=%d exceeds the %d distinct assignments of this space; capping.", budget, self.space.size)
+            budget = self.space.size
+        self._budget = budget
+        self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
+        done = count_complete(self.study)
+        if done >= budget:
+            _logger.info("Study %r already holds %d/%d complete trials: nothing to do.", self.study.study_name, done, budget)
+            return done
+        self._progress = tqdm(total=budget, initial=done, desc=self.study.study_name, unit="trial")
+        try:
+            self.study.optimize(self._objective, callbacks=[self._after_trial], catch=(RuntimeError,))
+        finally:
+            self._progress.close()
+        return count_complete(self.study)
+
+    def _duplicate_of(self, key: str, number: int) -> int | None:
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number != number and t.user_attrs.get(_KEY_ATTR) == key:
+                if t.state == TrialState.COMPLETE or t.number < number:
+                    return t.number
+        return None
+
+    def baseline_accuracy(self) -> float:
+        """Accuracy of the all-exact model: from the baseline trial, else measured once."""
+        if self._baseline_accuracy is None:
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if t.user_attrs.get(_KEY_ATTR) == BASELINE_KEY:
+                    self._baseline_accuracy = float(t.user_attrs["accuracy"])
+                    break
+            else:
+                self._baseline_accuracy = self.candidates.evaluate({}, timing=False).metrics["accuracy"]
+        return self._baseline_accuracy
+
+    def _objective(self, trial: optuna.Trial) -> list[float]:
+        params = self.space.suggest(trial)
+        assignment = self.space.assignment(params)
+        key = assignment_key(assignment)
+        trial.set_user_attr(_KEY_ATTR, key)
+        duplicate = self._duplicate_of(key, trial.number)
+        if duplicate is not None:
+            trial.set_user_attr("duplicate_of", duplicate)
+            raise optuna.TrialPruned(f"same assignment as trial {duplicate}")
+        run_id = None
+        if self.tracker is not None:
+            layer_params = {f"layer.{n}.{k}": v for n, cfg in assignment.items() for k, v in cfg.as_dict().items()}
+            run_id = self.tracker.start_trial(trial, {**params, **layer_params})
+        try:
+            result = self.candidates.evaluate(assignment, timing=self.settings.timing)
+            metrics = result.metrics
+            if self.settings.max_accuracy_drop is not None:
+                drop = self.baseline_accuracy() - metrics["accuracy"]
+                metrics["accuracy_drop"] = drop
+                trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
+            for name, value in metrics.items():
+                trial.set_user_attr(name, value)
+        except BaseException:
+            if self.tracker is not None and run_id is not None:
+                self.tracker.client.set_terminated(run_id, status="FAILED")
+            raise
+        if self.tracker is not None and run_id is not None:
+            finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+            self.tracker.end_trial(run_id, finite, tables={"layers.csv": result.layers})
+        return [metrics[o.name] for o in self.settings.objectives]
+
+    # -- after each trial -------------------------------------------------------------
+    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.PRUNED and "duplicate_of" in trial.user_attrs:
+            self._duplicate_streak += 1
+            if self._duplicate_streak >= self.settings.max_duplicate_streak:
+                _logger.warning(
+                    "%d duplicate proposals in a row: the sampler has (nearly) exhausted this space. Stopping.",
+                    self._duplicate_streak,
+                )
+                study.stop()
+            return
+        self._duplicate_streak = 0
+        if trial.state == TrialState.FAIL:
+            _logger.warning("Trial %d failed; the search goes on.", trial.number)
+        done = count_complete(study)
+        if trial.state == TrialState.COMPLETE:
+            self.publish(done)
+            if self._progress is not None:
+                self._progress.update(1)
+        if done >= self._budget:
+            study.stop()
+
+    def reference_point(self) -> list[float] | None:
+        """Hypervolume reference: 0 for maximised metrics, 1.1 x baseline for minimised ones (fixed once)."""
+        stored = self.study.user_attrs.get(_REFERENCE_ATTR)
+        if stored is not None:
+            return list(stored)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get(_KEY_ATTR) == BASELINE_KEY and t.values is not None:
+                ref = [0.0 if o.direction == "maximize" else 1.1 * v for o, v in zip(self.settings.objectives, t.values)]
+                self.study.set_user_attr(_REFERENCE_ATTR, ref)
+                return ref
+        return None
+
+    def current_hypervolume(self) -> float | None:
+        ref = self.reference_point()
+        front = self.study.best_trials
+        if ref is None or not front or any(r == 0 for o, r in zip(self.settings.objectives, ref) if o.direction == "minimize"):
+            return None
+        values = np.array([t.values for t in front], dtype=float)
+        return hypervolume(normalized_points(values, self.settings.objectives, ref))
+
+    def publish(self, done: int, final: bool = False) -> None:
+        """Refresh progress and the MLflow front (plots every ``plot_every`` trials and at the end)."""
+        hv = self.current_hypervolume()
+        front_size = len(self.study.best_trials)
+        if self._progress is not None:
+            self._progress.set_postfix(front=front_size, hv=f"{hv:.4f}" if hv is not None else "-")
+        if self.tracker is not None:
+            plots = final or done % self.settings.plot_every == 0 or done >= self._budget
+            self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots)

@@ -1,0 +1,172 @@
+"""MLflow records of a study: one parent run per study, one child run per trial.
+
+The parent run's id is kept in the study's user attributes, so every worker and
+every resumed run logs under the same parent. Each trial's child run id is kept
+in the trial's user attributes. The parent holds the current Pareto front
+(CSV, interactive HTML, PNG) and the hypervolume history, refreshed as trials finish.
+Everything goes through :class:`mlflow.MlflowClient`: no process-global active run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+
+from dse.exceptions import ConfigError
+from dse.study.objectives import Objective
+
+__all__ = ["MlflowTracker"]
+
+_logger = logging.getLogger(__name__)
+_PARENT_ATTR = "mlflow_parent_run_id"
+_MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def _chunks(items: list, size: int = 100) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class MlflowTracker:
+    """Log a study to MLflow.
+
+    Args:
+        tracking_uri: e.g. ``sqlite:///mlruns/mlflow.db`` or ``http://host:5000``.
+        experiment: MLflow experiment name.
+        artifact_location: where a *new* experiment stores artifacts (local path or URI).
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.client = mlflow.MlflowClient(tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as exc:
+            raise ConfigError(f"Cannot reach the MLflow tracking store {tracking_uri!r}: {exc}") from exc
+        if found is None:
+            location = None
+            if artifact_location and "://" not in artifact_location:
+                location = Path(artifact_location).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location or artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_run_id: str | None = None
+
+    # -- parent run -------------------------------------------------------------------
+    def open_parent(self, study: optuna.Study, params: Mapping[str, object]) -> str:
+        """Create the study's parent run, or re-open the one recorded in the study."""
+        run_id = study.user_attrs.get(_PARENT_ATTR)
+        if run_id is None:
+            existing = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.dse_study = '{study.study_name}' and tags.dse_role = 'parent'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1,
+            )
+            run_id = existing[0].info.run_id if existing else None
+        if run_id is not None:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                _logger.info("Re-opened MLflow parent run %s", run_id)
+            except mlflow.exceptions.MlflowException:
+                _logger.warning("MLflow parent run %s is gone from %s; creating a new one", run_id, self.tracking_uri)
+                run_id = None
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=study.study_name,
+                tags={"dse_study": study.study_name, "dse_role": "parent"},
+            )
+            run_id = run.info.run_id
+            self._log_params(run_id, params)
+            _logger.info("Created MLflow parent run %s", run_id)
+        study.set_user_attr(_PARENT_ATTR, run_id)
+        self.parent_run_id = run_id
+        return run_id
+
+    def close_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, status=status)
+
+    def _log_params(self, run_id: str, params: Mapping[str, object]) -> None:
+        items = [Param(str(k)[:250], str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
+        for chunk in _chunks(items):
+            self.client.log_batch(run_id, params=chunk)
+
+    # -- child runs -------------------------------------------------------------------
+    def start_trial(self, trial: optuna.Trial, params: Mapping[str, object]) -> str:
+        """Create the child run of ``trial`` and log its parameters."""
+        if self.parent_run_id is None:
+            raise RuntimeError("open_parent() must be called before start_trial().")
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number:04d}",
+            tags={"mlflow.parentRunId": self.parent_run_id, "dse_role": "trial", "dse_trial": str(trial.number)},
+        )
+        self._log_params(run.info.run_id, params)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        return run.info.run_id
+
+    def end_trial(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        tables: Mapping[str, pd.DataFrame] | None = None,
+        status: str = "FINISHED",
+    ) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for name, table in (tables or {}).items():
+            self.log_table(run_id, table, name)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_table(self, run_id: str, table: pd.DataFrame, name: str, artifact_path: str | None = None) -> None:
+        """Log ``table`` as the CSV artifact ``name``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            table.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    # -- Pareto front on the parent ---------------------------------------------------
+    def log_front(
+        self,
+        study: optuna.Study,
+        objectives: Sequence[Objective],
+        hypervolume: float | None,
+        n_complete: int,
+        plots: bool,
+    ) -> pd.DataFrame:
+        """Write the current front (CSV; HTML and PNG when ``plots``) and the hypervolume to the parent."""
+        from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
+
+        assert self.parent_run_id is not None
+        front = front_table(study, objectives)
+        self.log_table(self.parent_run_id, front, "pareto_front.csv", artifact_path="pareto")
+        if plots and not front.empty:
+            everything = trials_table(study, objectives)
+            with tempfile.TemporaryDirectory() as tmp:
+                for plot, name in ((plot_front_png, "pareto_front.png"), (plot_front_html, "pareto_front.html")):
+                    path = plot(everything, front, objectives, Path(tmp) / name)
+                    self.client.log_artifact(self.parent_run_id, str(path), artifact_path="pareto")
+        metrics = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
+        if hypervolume is not None:
+            metrics["hypervolume"] = hypervolume
+        self.log_metrics(self.parent_run_id, metrics, step=n_complete)
+        return front
+
+    def log_json(self, run_id: str, name: str, payload: object) -> None:
+        self.client.log_text(run_id, json.dumps(payload, indent=2, default=str), name)

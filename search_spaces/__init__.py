@@ -1,0 +1,7 @@
+"""Search-space definitions: which layers are targeted and which knobs each gets."""
+
+from .decimal_places import decimal_places_space
+from .layer_groups import check_layers, resolve_groups
+from .space import EXACT, BoundSpace, Knob, SearchSpace
+
+__all__ = ["EXACT", "BoundSpace", "Knob", "SearchSpace", "decimal_places_space", "resolve_groups", "check_layers"]

@@ -1,0 +1,131 @@
+"""A search space: knobs (what can change) at a granularity (which layers share a value).
+
+A :class:`Knob` is one field of :class:`~dse.assignment.LayerConfig` and its
+choices. A :class:`SearchSpace` applies its knobs uniformly (one value for all
+targeted layers), per layer group, or per layer. :meth:`SearchSpace.bind`
+resolves it against a model into a :class:`BoundSpace`, which turns Optuna
+parameters into assignments and back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+import torch.nn as nn
+
+from dse.assignment import Assignment, LayerConfig
+from dse.exceptions import ConfigError
+
+from .layer_groups import check_layers, resolve_groups
+
+__all__ = ["Knob", "SearchSpace", "BoundSpace", "EXACT", "GRANULARITIES"]
+
+EXACT = "exact"  # the choice that leaves a knob at its exact default
+GRANULARITIES = ("uniform", "group", "layer")
+Choice = int | float | str
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One LayerConfig field and the values a trial may give it (``"exact"`` = default)."""
+
+    field: str
+    choices: tuple[Choice, ...]
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise ConfigError(f"Knob {self.field!r} has no choices.")
+        if len(set(self.choices)) != len(self.choices):
+            raise ConfigError(f"Knob {self.field!r} lists a choice twice: {list(self.choices)}.")
+        for c in self.choices:  # validate by building the config once per choice
+            self.layer_value(c)
+
+    def layer_value(self, choice: Choice) -> Any:
+        value = None if choice == EXACT else choice
+        LayerConfig(**{self.field: value})
+        return value
+
+
+@dataclass(frozen=True)
+class BoundSpace:
+    """A search space resolved against one model: Optuna parameter name -> (knob, layers)."""
+
+    params: Mapping[str, tuple[Knob, tuple[str, ...]]]
+
+    @property
+    def layers(self) -> list[str]:
+        return sorted({n for _, layers in self.params.values() for n in layers})
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Choice]:
+        return {name: trial.suggest_categorical(name, list(knob.choices)) for name, (knob, _) in self.params.items()}
+
+    def assignment(self, params: Mapping[str, Any]) -> dict[str, LayerConfig]:
+        """The per-layer assignment that parameters ``params`` describe."""
+        fields: dict[str, dict[str, Any]] = {}
+        for name, (knob, layers) in self.params.items():
+            value = knob.layer_value(params.get(name, EXACT))
+            for layer in layers:
+                fields.setdefault(layer, {})[knob.field] = value
+        return {layer: LayerConfig(**f) for layer, f in fields.items()}
+
+    def baseline_params(self) -> dict[str, Choice]:
+        """Every parameter at exact: the reference configuration."""
+        missing = [name for name, (knob, _) in self.params.items() if EXACT not in knob.choices]
+        if missing:
+            raise ConfigError(f"Parameters {missing} have no 'exact' choice, so the baseline cannot be enqueued.")
+        return {name: EXACT for name in self.params}
+
+    def grid(self) -> dict[str, list[Choice]]:
+        return {name: list(knob.choices) for name, (knob, _) in self.params.items()}
+
+    @property
+    def size(self) -> int:
+        """Number of distinct parameter combinations."""
+        return math.prod(len(knob.choices) for knob, _ in self.params.values())
+
+
+@dataclass
+class SearchSpace:
+    """Knobs applied at a granularity to some of a model's layers.
+
+    Args:
+        knobs: what can change.
+        granularity: ``uniform`` (one value for every targeted layer), ``group``
+            (one per layer group), or ``layer`` (one per layer).
+        groups: the model's layer groups to target (``model.layer_groups``); None = all.
+        layers: explicit layer names (``granularity: layer`` only); None = the groups' layers.
+    """
+
+    knobs: Sequence[Knob]
+    granularity: Literal["uniform", "group", "layer"] = "group"
+    groups: Sequence[str] | None = None
+    layers: Sequence[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"Unknown granularity {self.granularity!r}; choose one of {list(GRANULARITIES)}.")
+        if self.layers is not None and self.granularity != "layer":
+            raise ConfigError("space.layers lists layer names, which needs granularity: layer.")
+
+    def bind(self, model: nn.Module, layer_groups: Mapping[str, str]) -> BoundSpace:
+        """Resolve groups/layers against ``model`` and name one Optuna parameter per knob and unit."""
+        if self.layers is not None:
+            units = {name: [name] for name in check_layers(model, self.layers)}
+        else:
+            groups = resolve_groups(model, layer_groups, self.groups)
+            if self.granularity == "uniform":
+                units = {"": [n for members in groups.values() for n in members]}
+            elif self.granularity == "group":
+                units = groups
+            else:
+                units = {n: [n] for members in groups.values() for n in members}
+        params = {
+            (knob.field if unit == "" else f"{knob.field}.{unit}"): (knob, tuple(layers))
+            for knob in self.knobs
+            for unit, layers in units.items()
+        }
+        return BoundSpace(params)

@@ -1,0 +1,31 @@
+"""Shared fixtures: composed Hydra configs, a scratch working directory, the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dse.config_paths import CONFIG_DIR
+
+# The offline CIFAR-10 copy sits beside the checkout (../shared), in CI too.
+CIFAR10_NPZ = Path(os.environ.get("DSE_CIFAR10_NPZ", Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar10.npz"))
+needs_cifar10 = pytest.mark.skipif(not CIFAR10_NPZ.is_file(), reason=f"offline CIFAR-10 not at {CIFAR10_NPZ}")
+
+# Small and fast: a 200-image subset of the shipped subset, one timing pass.
+FAST = ["data.test_subset=200", "evaluation.timing_repeats=1", "tracking.plot_every=2"]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty directory, as a user would: mlruns/ lands here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from dse.exceptions import DataError
+from dse.training.cifar10 import CIFAR10DataModule, normalize, random_crop_flip, stratified_subset
+from tests.conftest import CIFAR10_NPZ, needs_cifar10
+
+
+def test_shipped_subset_is_stratified_and_loads() -> None:
+    dm = CIFAR10DataModule(path="cifar10_test_subset", test_subset=500, subset_seed=3)
+    dm.setup("test")
+    labels = torch.cat([y for _, y in dm.test_dataloader()])
+    assert len(labels) == 500  # no sample dropped
+    assert torch.bincount(labels).tolist() == [50] * 10
+    x, _ = next(iter(dm.test_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
+
+
+def test_subset_is_seeded() -> None:
+    y = np.repeat(np.arange(10), 100)
+    assert np.array_equal(stratified_subset(y, 100, 1), stratified_subset(y, 100, 1))
+    assert not np.array_equal(stratified_subset(y, 100, 1), stratified_subset(y, 100, 2))
+    with pytest.raises(DataError, match="multiple of the 10 classes"):
+        stratified_subset(y, 15, 0)
+
+
+def test_missing_file_says_what_to_do(tmp_path) -> None:
+    dm = CIFAR10DataModule(path=str(tmp_path / "nope.npz"))
+    with pytest.raises(DataError, match="does not exist.*data=cifar10_torchvision"):
+        dm.setup("test")
+
+
+def test_corrupt_file(tmp_path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="Cannot read"):
+        CIFAR10DataModule(path=str(bad)).setup("test")
+
+
+def test_training_on_eval_only_file_is_refused() -> None:
+    with pytest.raises(DataError, match="test images only"):
+        CIFAR10DataModule(path="cifar10_test_subset").setup("fit")
+
+
+def test_torchvision_without_data_or_network(tmp_path) -> None:
+    with pytest.raises(DataError, match="download=true"):
+        CIFAR10DataModule(source="torchvision", path=str(tmp_path), download=False).setup("test")
+
+
+def test_augmentation_keeps_content() -> None:
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    # a crop of a zero-padded image: every output pixel is either padding or an input pixel of that image
+    for i in range(16):
+        values = set(x[i].flatten().tolist()) | {0}
+        assert set(out[i].flatten().tolist()) <= values
+    z = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(z[0, :, 0, 0], torch.tensor([(1 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (1 - 0.4465) / 0.2616]))
+
+
+@needs_cifar10
+def test_offline_copy_full_split() -> None:
+    dm = CIFAR10DataModule(path=str(CIFAR10_NPZ))
+    dm.setup("fit")
+    assert len(dm.train_dataloader().dataset) == 50_000
+    assert len(dm.test_dataloader().dataset) == 10_000
+    assert len(dm.train_dataloader()) == 50_000 // 128  # training drops the last partial batch only

@@ -1,0 +1,186 @@
+"""End to end: the quickstart study through Optuna, Lightning and MLflow, for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from dse.search import run_search
+from dse.study.storage import create_storage
+from tests.conftest import FAST, compose_config
+
+pytestmark = pytest.mark.slow
+OBJECTIVES = ["accuracy", "energy_uj", "inference_time_s"]
+
+
+def load(workdir: Path, name: str = "quickstart") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=create_storage(f"sqlite:///{workdir}/mlruns/optuna.db"))
+
+
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def test_quickstart_records_everything_and_resumes(workdir: Path) -> None:
+    result = run_search(compose_config(["study=quickstart", "study.n_trials=4", *FAST]))
+    study = load(workdir)
+    trials = complete(study)
+    assert len(trials) == 4
+    baseline = trials[0]
+    assert baseline.user_attrs["assignment_key"] == "exact"
+    assert 0.55 < baseline.values[0] <= 1.0  # the shipped tiny CNN is a trained model, not chance
+    # rounding to 1 decimal place cannot cost more energy than exact fp32 weights
+    assert all(t.values[1] <= baseline.values[1] + 1e-9 for t in trials)
+
+    # MLflow: one parent, one finished child per complete trial, metrics = objectives
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("dse")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dse_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    by_id = {t.user_attrs["mlflow_run_id"]: t for t in trials}
+    for run in children:
+        trial = by_id[run.info.run_id]
+        for name, value in zip(OBJECTIVES, trial.values):
+            assert run.data.metrics[name] == pytest.approx(value)
+        assert {f"decimals.{g}" for g in ("first_conv", "depthwise", "pointwise", "classifier")} <= set(run.data.params)
+        assert "layer.features.0.0.decimals" in run.data.params
+
+    # the Pareto CSV on the parent is study.best_trials
+    artifacts = Path(client.download_artifacts(result.parent_run_id, "pareto", str(workdir / "dl")))
+    front = pd.read_csv(artifacts / "pareto_front.csv")
+    assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
+    for _, row in front.iterrows():
+        values = study.trials[int(row["trial"])].values
+        assert [row[n] for n in OBJECTIVES] == pytest.approx(values)
+    assert (artifacts / "pareto_front.png").stat().st_size > 10_000
+    assert "plotly" in (artifacts / "pareto_front.html").read_text()[:200_000]
+    assert "hypervolume" in client.get_run(result.parent_run_id).data.metrics
+
+    # resume to a larger budget: only the difference is evaluated, same parent, no duplicate assignments
+    before = {t.number: t.values for t in trials}
+    again = run_search(compose_config(["study=quickstart", "study.n_trials=7", *FAST]))
+    trials = complete(load(workdir))
+    assert len(trials) == 7
+    assert {t.number: t.values for t in trials if t.number in before} == before
+    keys = [t.user_attrs["assignment_key"] for t in trials]
+    assert len(set(keys)) == len(keys)
+    assert again.parent_run_id == result.parent_run_id
+    runs = client.search_runs([experiment.experiment_id])
+    assert sum(r.data.tags.get("mlflow.parentRunId") == result.parent_run_id for r in runs) == 7
+
+    # re-running at the same budget does nothing
+    run_search(compose_config(["study=quickstart", "study.n_trials=7", *FAST]))
+    assert len(load(workdir).trials) == len(again.study.trials)
+
+
+def test_duplicates_are_not_evaluated_and_small_spaces_are_exhausted(workdir: Path) -> None:
+    # 3 distinct assignments; random sampling will propose repeats
+    overrides = ["study=quickstart", "space=decimal_places_uniform", "space.decimals=[1,2]", "sampler=random",
+                 "study.n_trials=3", "tracking=none", *FAST]
+    run_search(compose_config(overrides))
+    study = load(workdir)
+    trials = complete(study)
+    def decimals_used(key: str) -> str:  # "exact", or the one d every layer got
+        return key if key == "exact" else "|".join(sorted({part.split("=")[1] for part in key.split(";")}))
+
+    assert sorted(decimals_used(t.user_attrs["assignment_key"]) for t in trials) == ["1", "2", "exact"]
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert t.user_attrs["duplicate_of"] in {c.number for c in trials}
+    # asking for more than the space holds is capped, not looped forever
+    run_search(compose_config([*overrides[:-3], "study.n_trials=50", "tracking=none", *FAST]))
+    assert len(complete(load(workdir))) == 3
+
+
+def test_killed_run_resumes_without_losing_trials(workdir: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "dse.search", "study=quickstart", "study.n_trials=6", "tracking=none",
+           "storage.heartbeat_interval=1", "storage.grace_period=2", *FAST]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = workdir / "mlruns" / "optuna.db"
+    deadline = time.time() + 240
+    done = running = 0
+    while time.time() < deadline and not (done >= 2 and running == 1):
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as con:
+                    counts = dict(con.execute("select state, count(*) from trials group by state").fetchall())
+                done, running = counts.get("COMPLETE", 0), counts.get("RUNNING", 0)
+            except sqlite3.OperationalError:
+                pass
+    assert done >= 2 and running == 1, "the first run never got into its third trial"
+    proc.send_signal(signal.SIGKILL)  # mid-trial
+    proc.wait()
+    killed = load(workdir)
+    finished = {t.number: t.values for t in complete(killed)}
+    (dead,) = killed.get_trials(states=(TrialState.RUNNING,))
+    assert len(finished) < 6
+
+    time.sleep(3)  # past the grace period: the dead trial's heartbeat is stale
+    rerun = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = load(workdir)
+    trials = complete(study)
+    assert len(trials) == 6
+    assert {t.number: t.values for t in trials if t.number in finished} == finished
+    keys = [t.user_attrs["assignment_key"] for t in trials]
+    assert len(set(keys)) == len(keys)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    # the killed trial was failed as stale, and its parameters were evaluated by a retry
+    assert study.trials[dead.number].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+
+
+def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dse.search", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["study=nope"], "Available options in 'study'"),
+        (["study=quickstart", "sampler=annealing"], "Available options in 'sampler'"),
+        (["study=quickstart", "model=resnet9000"], "Available options in 'model'"),
+        (["study=quickstart", "space.decimals=[0,3]"], "1 to 9"),
+        (["study=quickstart", "space=decimal_places_layer", "space.layers=[features.9.0]"], "lacks"),
+        (["study=quickstart", "model.weights=/no/such.pt"], "not found"),
+        (["study=quickstart", "data.path=/no/such/cifar.npz"], "does not exist"),
+        (["study=quickstart", "data.source=torchvision", "data.path=/tmp/no-cifar-here"], "download=true"),
+        (["study=quickstart", "study.objectives=[{name: speed, direction: minimize}]"], "Unknown objective"),
+    ],
+)
+def test_bad_input_fails_clearly(workdir: Path, args: list[str], message: str) -> None:
+    proc = run_cli(workdir, *args)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) -> None:
+    run_search(compose_config(["study=quickstart", "study.n_trials=2", *FAST]))
+    (workdir / "bad.pt").write_bytes(b"garbage")
+    proc = run_cli(workdir, "study=quickstart", "model.weights=bad.pt")
+    assert proc.returncode != 0 and "corrupt" in proc.stderr + proc.stdout
+    # a changed search space against the existing study is refused, and the study is intact
+    proc = run_cli(workdir, "study=quickstart", "space=decimal_places_uniform", *FAST)
+    assert proc.returncode != 0 and "pick a new study.name" in proc.stderr + proc.stdout
+    assert len(complete(load(workdir))) == 2
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("dse").experiment_id])
+    assert sum(r.data.tags.get("dse_role") == "trial" for r in runs) == 2

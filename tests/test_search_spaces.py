@@ -1,0 +1,71 @@
+import optuna
+import pytest
+
+from dse.assignment import LayerConfig
+from dse.exceptions import ConfigError, SearchSpaceError
+from dse.search_spaces import EXACT, decimal_places_space
+from dse.training.models import get_model
+from tests.conftest import compose_config
+
+GROUPS = dict(compose_config(["study=mobilenet_cifar10"]).model.layer_groups)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return get_model("mobilenet_v2_cifar")
+
+
+def test_paper_groups_cover_every_layer_once(mobilenet) -> None:
+    bound = decimal_places_space("group").bind(mobilenet, GROUPS)
+    sizes = {name: len(layers) for name, (_, layers) in bound.params.items()}
+    # 1 stem, 16 expansions (block 1 has none), 17 depthwise, 17 projections, 1 last conv, 1 classifier
+    assert sizes == {"decimals.first_conv": 1, "decimals.expansion": 16, "decimals.depthwise": 17,
+                     "decimals.projection": 17, "decimals.last_conv": 1, "decimals.classifier": 1}
+    assert len(bound.layers) == 53
+    assert bound.size == 10**6
+
+
+@pytest.mark.parametrize(("granularity", "n_params"), [("uniform", 1), ("group", 6), ("layer", 53)])
+def test_granularity(mobilenet, granularity: str, n_params: int) -> None:
+    bound = decimal_places_space(granularity).bind(mobilenet, GROUPS)
+    assert len(bound.params) == n_params
+    trial = optuna.create_study().ask()
+    params = bound.suggest(trial)
+    assignment = bound.assignment(params)
+    assert set(assignment) == set(bound.layers)
+    if granularity == "uniform":
+        assert len({cfg.decimals for cfg in assignment.values()}) == 1
+
+
+def test_assignment_from_params_and_baseline(mobilenet) -> None:
+    bound = decimal_places_space("group", groups=["depthwise", "first_conv"]).bind(mobilenet, GROUPS)
+    assignment = bound.assignment({"decimals.depthwise": 3, "decimals.first_conv": EXACT})
+    assert assignment["features.2.conv.1.0"] == LayerConfig(decimals=3)
+    assert assignment["features.0.0"] == LayerConfig()
+    assert "features.2.conv.0.0" not in assignment  # expansion is not targeted
+    assert all(cfg.is_exact for cfg in bound.assignment(bound.baseline_params()).values())
+
+
+def test_unknown_group_lists_the_valid_ones(mobilenet) -> None:
+    with pytest.raises(SearchSpaceError, match=r"Unknown layer group.*'nope'.*classifier"):
+        decimal_places_space("group", groups=["nope"]).bind(mobilenet, GROUPS)
+
+
+def test_layer_the_model_lacks(mobilenet) -> None:
+    with pytest.raises(SearchSpaceError, match=r"features\.99\.conv.*lacks"):
+        decimal_places_space("layer", layers=["features.99.conv"]).bind(mobilenet, GROUPS)
+
+
+def test_group_regex_matching_nothing(mobilenet) -> None:
+    with pytest.raises(SearchSpaceError, match="matches no Conv2d/Linear"):
+        decimal_places_space("group").bind(mobilenet, {**GROUPS, "ghost": r"decoder\.\d+"})
+
+
+def test_decimal_choice_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="1 to 9"):
+        decimal_places_space("uniform", decimals=[0, 4])
+
+
+def test_bad_granularity() -> None:
+    with pytest.raises(ConfigError, match="granularity"):
+        decimal_places_space("per_block")  # type: ignore[arg-type]
