@@ -94,7 +94,7 @@ def final_evaluation(
         datamodule = instantiate(cfg.final_eval.data)
         evaluator = Evaluator(datamodule, **cfg.evaluation)
     except DataError as exc:
-        _logger.info("Skipping the full-test-set re-evaluation: %s", exc)
+        _logger.info("Skipping the full-test-set re-evaluation (set DSE_CIFAR10_NPZ or final_eval.data.path): %s", exc)
         return None
     candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware))
     rows = []

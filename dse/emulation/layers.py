@@ -1,0 +1,252 @@
+"""Drop-in Conv2d and Linear layers whose products come from a multiplier.
+
+Activations and weights are quantized to the multiplier's operand width
+(signed: symmetric; unsigned: affine with zero points), every product is the
+multiplier's, sums are exact, and the result is rescaled:
+
+    acc_o = sum_k lut[xq_k, wq_ok] - zw_o sum_k xq_k - zx sum_k wq_ok + K zx zw_o
+    y_o   = s_x s_w,o acc_o + bias_o
+
+With the exact multiplier this is ordinary integer quantized inference. The
+activation range is calibrated once (:func:`dse.emulation.calibration.calibrate_ranges`)
+and frozen in the ``act_range`` buffer. ``path`` picks the emulation:
+``reference`` (unfold + lookups, the oracle), ``separable`` (1 + rank convs),
+``table`` (weight-specific tables, any multiplier), or ``auto``. All paths give
+the same bits. The state_dict is the original layer's plus ``act_range``, and an
+original state_dict loads as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dse.exceptions import ConfigError
+from dse.multipliers import Multiplier, get_multiplier, operand_values
+from dse.numerics.quantization import qrange, quantize, weight_qparams
+
+from ._exact_sums import accumulator_dtype
+from ._separable import SeparableProducts
+from ._tables import TableProducts
+from .reference import lut_conv2d_reference, lut_linear_reference
+
+__all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer"]
+
+_logger = logging.getLogger(__name__)
+EmulationPath = Literal["auto", "reference", "separable", "table"]
+_PATHS = ("auto", "reference", "separable", "table")
+
+
+class _Emulated:
+    """What ApproxConv2d and ApproxLinear share: quantization, calibration state, path choice."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    act_range: torch.Tensor
+
+    def _init_emulation(self, multiplier: Multiplier | str, path: EmulationPath, per_channel: bool, name: str) -> None:
+        mult = get_multiplier(multiplier) if isinstance(multiplier, str) else multiplier
+        if path not in _PATHS:
+            raise ConfigError(f"Layer {name!r}: unknown emulation path {path!r}; choose one of {list(_PATHS)}.")
+        self.multiplier = mult
+        self.layer_name = name
+        self.per_channel = per_channel
+        self.bits = mult.bits
+        self.signed = mult.signed
+        values = operand_values(mult.bits, mult.signed)
+        table = mult.table()
+        if path == "auto":
+            path = "separable" if SeparableProducts.usable(table, values) else "table"
+        self.path = path
+        self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
+        self._separable = SeparableProducts(table, values) if path == "separable" else None
+        self._tables = TableProducts(self._lut) if path == "table" else None
+        self._cache: dict[str, Any] = {}
+        self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))  # type: ignore[attr-defined]
+
+    # -- calibration ------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.act_range).all())
+
+    def set_activation_range(self, lo: float, hi: float) -> None:
+        """Freeze the input range the activations are quantized over."""
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ConfigError(f"Layer {self.layer_name!r}: invalid activation range [{lo}, {hi}].")
+        self.act_range.copy_(torch.tensor([lo, hi]))
+
+    def _activation_qparams(self) -> tuple[float, float]:
+        if not self.calibrated:
+            raise RuntimeError(
+                f"Layer {self.layer_name!r} has no calibrated activation range; call "
+                "dse.emulation.calibrate_ranges on the exact model and set_activation_range (apply_multipliers does both)."
+            )
+        lo, hi = (float(v) for v in self.act_range)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if self.signed:
+            scale = max(hi, -lo) / (2 ** (self.bits - 1) - 1)
+            zero = 0.0
+        else:
+            scale = (hi - lo) / (2**self.bits - 1)
+            zero = float(round(-lo / scale)) if scale > 0 else 0.0
+        return (scale if scale > 0 else 1.0), zero
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        key = prefix + "act_range"
+        if key not in state_dict:  # an original Conv2d/Linear state_dict: keep the current range
+            state_dict = {**state_dict, key: self.act_range.clone()}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)  # type: ignore[misc]
+
+    # -- operands -----------------------------------------------------------------------
+    def _quantize_input(self, x: torch.Tensor, zero: float, scale: float) -> torch.Tensor:
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            warnings.warn(f"Layer {self.layer_name!r}: {bad} non-finite input values; NaN is quantized to the zero point.",
+                          RuntimeWarning, stacklevel=3)
+            x = torch.nan_to_num(x, nan=0.0)
+        s = torch.tensor(scale, dtype=x.dtype, device=x.device)
+        z = torch.tensor(zero, dtype=x.dtype, device=x.device)
+        return quantize(x, s, z, self.bits, self.signed)
+
+    def _index(self, q: torch.Tensor) -> torch.Tensor:
+        """Table index of integer-valued operands: the bit pattern (two's complement if signed)."""
+        q = q.long()
+        return torch.remainder(q, 2**self.bits) if self.signed else q
+
+    def _weights(self) -> dict[str, Any]:
+        """Quantized weights and everything derived from them, rebuilt only when they change."""
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if self._cache.get("key") == key:
+            return self._cache
+        p = weight_qparams(self.weight, self.bits, self.signed, self.per_channel)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        scale = p.scale.to(self.weight.device).view(shape)
+        zero = p.zero_point.to(self.weight.device).view(shape)
+        wq = quantize(self.weight.detach().float(), scale, zero, self.bits, self.signed)
+        w_idx = self._index(wq)
+        cache: dict[str, Any] = {"key": key, "wq": wq, "w_idx": w_idx, "w_scale": p.scale.to(self.weight.device),
+                                 "w_zero": p.zero_point.to(self.weight.device)}
+        cache["w_sum"] = wq.reshape(wq.shape[0], -1).sum(dim=1)
+        if self._separable is not None:
+            cache["w_factors"] = self._separable.weight_factors(w_idx) if self._separable.rank else None
+        self._cache = cache
+        return cache
+
+    def _terms_per_output(self) -> int:
+        return int(self.weight[0].numel())
+
+    def _accumulator_dtype(self) -> torch.dtype:
+        lo, hi = qrange(self.bits, self.signed)
+        bound = float(self._lut.abs().max())
+        if not self.signed:  # zero-point terms
+            bound += 3.0 * max(abs(lo), abs(hi)) ** 2
+        return accumulator_dtype(self._terms_per_output(), bound)
+
+    def _finish(self, acc: torch.Tensor, x_sum: torch.Tensor | None, zero: float, scale: float, w: dict[str, Any],
+                out_shape: tuple[int, ...]) -> torch.Tensor:
+        """Zero-point corrections and rescaling; shared by every path so they agree bit for bit."""
+        dtype = self._accumulator_dtype()
+        acc = acc.to(dtype)
+        view = (1, -1) + (1,) * (len(out_shape) - 2)
+        if not self.signed:
+            zw = w["w_zero"].to(dtype).view(view)
+            acc = acc - zw * x_sum.to(dtype) - zero * w["w_sum"].to(dtype).view(view) + self._terms_per_output() * zero * zw  # type: ignore[union-attr]
+        combined = (scale * w["w_scale"].double()).to(dtype).view(view)
+        y = (acc * combined).float()
+        if self.bias is not None:
+            y = y + self.bias.view(view)
+        return y
+
+    def extra_repr(self) -> str:  # type: ignore[override]
+        return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}"  # type: ignore[misc]
+
+
+class ApproxConv2d(_Emulated, nn.Conv2d):
+    """A Conv2d (any stride, padding, dilation, groups) whose products come from ``multiplier``."""
+
+    def __init__(self, *args: Any, multiplier: Multiplier | str = "exact_s8", path: EmulationPath = "auto",
+                 per_channel: bool = True, name: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ConfigError(f"Layer {name!r}: only numeric zero padding is emulated, got {self.padding!r}/{self.padding_mode!r}.")
+        self._init_emulation(multiplier, path, per_channel, name)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, multiplier: Multiplier | str, path: EmulationPath = "auto",
+                  per_channel: bool = True, name: str = "") -> ApproxConv2d:
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None, conv.padding_mode, multiplier=multiplier, path=path,
+                    per_channel=per_channel, name=name, device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.load_state_dict(conv.state_dict(), strict=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero = self._activation_qparams()
+        w = self._weights()
+        ph, pw = self.padding  # type: ignore[misc]
+        xq = F.pad(self._quantize_input(x, zero, scale), (pw, pw, ph, ph), value=zero)  # real 0 -> zero point
+        stride, dilation = self.stride, self.dilation
+        if self.path == "reference":
+            acc = lut_conv2d_reference(self._index(xq), w["w_idx"], self._lut.to(x.device), stride, dilation, self.groups)  # type: ignore[arg-type]
+        elif self.path == "table":
+            assert self._tables is not None
+            acc = self._tables.conv2d(self._index(xq), w["w_idx"], stride, dilation, self.groups)  # type: ignore[arg-type]
+        else:
+            assert self._separable is not None
+            acc = self._separable.conv2d(xq, self._index(xq), w["wq"], w.get("w_factors"), stride, dilation, self.groups)  # type: ignore[arg-type]
+        x_sum = None
+        if not self.signed:
+            ones = torch.ones(self.groups, self.in_channels // self.groups, *self.kernel_size, device=x.device, dtype=torch.float64)
+            x_sum = F.conv2d(xq.double(), ones, None, stride, 0, dilation, self.groups)
+            x_sum = x_sum.repeat_interleave(self.out_channels // self.groups, dim=1)
+        return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
+
+
+class ApproxLinear(_Emulated, nn.Linear):
+    """A Linear layer whose products come from ``multiplier``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, multiplier: Multiplier | str = "exact_s8",
+                 path: EmulationPath = "auto", per_channel: bool = True, name: str = "", **kwargs: Any) -> None:
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self._init_emulation(multiplier, path, per_channel, name)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, multiplier: Multiplier | str, path: EmulationPath = "auto",
+                    per_channel: bool = True, name: str = "") -> ApproxLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, multiplier=multiplier, path=path,
+                    per_channel=per_channel, name=name, device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.load_state_dict(linear.state_dict(), strict=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero = self._activation_qparams()
+        w = self._weights()
+        lead = x.shape[:-1]
+        xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
+        if self.path == "reference":
+            acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))
+        elif self.path == "table":
+            assert self._tables is not None
+            acc = self._tables.linear(self._index(xq), w["w_idx"])
+        else:
+            assert self._separable is not None
+            acc = self._separable.linear(xq, self._index(xq), w["wq"], w.get("w_factors"))
+        x_sum = xq.double().sum(dim=1, keepdim=True) if not self.signed else None
+        return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
+
+
+def approximate_layer(module: nn.Module, multiplier: Multiplier | str, path: EmulationPath = "auto",
+                      per_channel: bool = True, name: str = "") -> nn.Module:
+    """The emulated twin of a Conv2d or Linear (same weights, same state_dict keys + act_range)."""
+    if isinstance(module, nn.Conv2d):
+        return ApproxConv2d.from_conv(module, multiplier, path, per_channel, name)
+    if isinstance(module, nn.Linear):
+        return ApproxLinear.from_linear(module, multiplier, path, per_channel, name)
+    raise ConfigError(f"Layer {name!r} is a {type(module).__name__}; only Conv2d and Linear take a multiplier.")

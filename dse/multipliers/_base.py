@@ -1,0 +1,114 @@
+"""The multiplier contract: an n-bit x n-bit function, and the full table it implies.
+
+A multiplier is data to the emulator: whatever its definition, emulation only
+uses :meth:`Multiplier.table`, an int64 array ``lut[a, b]`` over every operand
+pair, indexed by the operand's bit pattern (two's complement for signed ones,
+like EvoApprox). Operand A is the activation, operand B the weight.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+__all__ = ["Multiplier", "ErrorStats", "operand_values", "sign_magnitude"]
+
+
+def operand_values(bits: int, signed: bool) -> np.ndarray:
+    """The operand value of every table index: 0..2^b-1, or two's complement for signed."""
+    idx = np.arange(2**bits, dtype=np.int64)
+    return np.where(idx >= 2 ** (bits - 1), idx - 2**bits, idx) if signed else idx
+
+
+def sign_magnitude(unsigned_fn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Signed product from an unsigned magnitude multiplier (sign handled separately)."""
+    return np.sign(a) * np.sign(b) * unsigned_fn(np.abs(a), np.abs(b))
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Error of a multiplier over all operand pairs with equal weight (err = approx - exact).
+
+    mre_pct excludes the pairs whose exact product is 0, as EvoApprox does.
+    """
+
+    mae: float
+    wce: int
+    mre_pct: float
+    bias: float
+    err_std: float
+    error_probability_pct: float
+
+
+class Multiplier(abc.ABC):
+    """An approximate (or exact) ``bits`` x ``bits`` multiplier.
+
+    Subclasses implement :meth:`multiply` on int64 operand values; the table,
+    its error statistics and its exactness follow from it.
+
+    Attributes:
+        name: registry name.
+        bits: operand width.
+        signed: two's-complement operands (else unsigned).
+        power_ratio: power relative to the exact multiplier of the same width and
+            signedness, or None if unknown; ``power_source`` says where it comes from.
+        delay_ns, area_um2: synthesis results where known (EvoApprox: PDK45).
+    """
+
+    name: str
+    bits: int = 8
+    signed: bool = True
+    power_ratio: float | None = None
+    power_source: str = "unknown"
+    delay_ns: float | None = None
+    area_um2: float | None = None
+
+    @abc.abstractmethod
+    def multiply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Products of int64 operand values ``a`` and ``b`` (broadcasting)."""
+
+    @cached_property
+    def _table(self) -> np.ndarray:
+        if self.bits > 12:
+            raise ValueError(f"{self.name}: a {self.bits}-bit table would have {4**self.bits} entries; emulate <= 12 bits.")
+        v = operand_values(self.bits, self.signed)
+        lut = np.asarray(self.multiply(v[:, None], v[None, :]), dtype=np.int64)
+        lut.setflags(write=False)
+        return lut
+
+    def table(self) -> np.ndarray:
+        """int64 ``lut[a_index, b_index]`` (read-only), operand A = activation, B = weight."""
+        return self._table
+
+    def error_table(self) -> np.ndarray:
+        v = operand_values(self.bits, self.signed)
+        return self.table() - np.outer(v, v)
+
+    @property
+    def is_exact(self) -> bool:
+        return not np.any(self.error_table())
+
+    def error_stats(self) -> ErrorStats:
+        v = operand_values(self.bits, self.signed)
+        exact = np.outer(v, v)
+        err = self.table() - exact
+        nonzero = exact != 0
+        return ErrorStats(
+            mae=float(np.abs(err).mean()),
+            wce=int(np.abs(err).max()),
+            mre_pct=float(100 * (np.abs(err[nonzero]) / np.abs(exact[nonzero])).mean()),
+            bias=float(err.mean()),
+            err_std=float(err.std()),
+            error_probability_pct=float(100 * (err != 0).mean()),
+        )
+
+    @property
+    def operand_range(self) -> tuple[int, int]:
+        return (-(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1) if self.signed else (0, 2**self.bits - 1)
+
+    def __repr__(self) -> str:
+        kind = "signed" if self.signed else "unsigned"
+        return f"{type(self).__name__}({self.name!r}, {self.bits}-bit {kind})"

@@ -1,0 +1,96 @@
+"""Multipliers given as third-party 8x8 tables (EvoApprox layout: ``luts.npz`` + ``metrics.csv``)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dse.exceptions import ConfigError
+
+from ._base import Multiplier, operand_values
+
+__all__ = ["LutMultiplier", "load_lut_library", "EVOAPPROX_DIR"]
+
+EVOAPPROX_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class LutMultiplier(Multiplier):
+    """A multiplier defined by its table ``lut[a, b]`` (A = activation, B = weight).
+
+    Args:
+        name: circuit name.
+        lut: integer array of shape (2^bits, 2^bits); signed tables are indexed by
+            the operand's two's-complement bit pattern.
+        signed: operand signedness.
+        metrics: the library's reported metrics (power, area, delay, ...), as strings.
+        exact_power_mw: power of the exact multiplier of the same library, width and
+            signedness; the power ratio is ``metrics['lib_power_mW'] / exact_power_mw``.
+    """
+
+    name: str = ""
+    lut: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    signed: bool = True
+    metrics: dict[str, str] = field(default_factory=dict)
+    exact_power_mw: float | None = None
+    power_source: str = "library synthesis (EvoApprox PDK45)"
+
+    def __post_init__(self) -> None:
+        lut = np.asarray(self.lut)
+        if lut.ndim != 2 or lut.shape[0] != lut.shape[1] or lut.shape[0] & (lut.shape[0] - 1) or lut.shape[0] < 4:
+            raise ConfigError(
+                f"Multiplier table {self.name!r} has shape {lut.shape}; it must be square with a power-of-two side "
+                "(256 x 256 for 8-bit operands)."
+            )
+        if not np.issubdtype(lut.dtype, np.integer):
+            raise ConfigError(f"Multiplier table {self.name!r} has dtype {lut.dtype}; it must hold integers (int32).")
+        table = lut.astype(np.int64)
+        table.setflags(write=False)
+        object.__setattr__(self, "lut", table)
+        object.__setattr__(self, "bits", int(lut.shape[0]).bit_length() - 1)
+        power = self.metrics.get("lib_power_mW")
+        if power and self.exact_power_mw:
+            object.__setattr__(self, "power_ratio", float(power) / self.exact_power_mw)
+        if self.metrics.get("lib_delay_ns"):
+            object.__setattr__(self, "delay_ns", float(self.metrics["lib_delay_ns"]))
+        if self.metrics.get("lib_area_um2"):
+            object.__setattr__(self, "area_um2", float(self.metrics["lib_area_um2"]))
+
+    def table(self) -> np.ndarray:
+        return self.lut
+
+    def multiply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        mask = 2**self.bits - 1
+        return self.lut[np.asarray(a, dtype=np.int64) & mask, np.asarray(b, dtype=np.int64) & mask]
+
+
+def load_lut_library(npz: str | Path, metrics_csv: str | Path | None = None) -> dict[str, LutMultiplier]:
+    """All tables of an EvoApprox-layout library, with metrics and power ratios attached.
+
+    Signedness comes from the ``signedness`` column, else from the name (``mul8s_`` signed).
+    The exact circuit of each signedness (zero error) is the power reference.
+    """
+    npz, rows = Path(npz), {}
+    if not npz.is_file():
+        raise ConfigError(f"Multiplier table file {str(npz)!r} does not exist.")
+    if metrics_csv is not None and Path(metrics_csv).is_file():
+        with open(metrics_csv, newline="") as f:
+            rows = {r["name"]: r for r in csv.DictReader(f)}
+    with np.load(npz) as data:
+        tables = {k: data[k] for k in data.files}
+    result: dict[str, LutMultiplier] = {}
+    signed_of = {k: rows.get(k, {}).get("signedness", "signed" if "8s_" in k or k.endswith("_s") else "unsigned") == "signed"
+                 for k in tables}
+    exact_power: dict[bool, float] = {}
+    for k, lut in tables.items():
+        v = operand_values(int(lut.shape[0]).bit_length() - 1, signed_of[k]) if lut.ndim == 2 else None
+        if v is not None and lut.shape == (len(v), len(v)) and np.array_equal(lut, np.outer(v, v)):
+            if rows.get(k, {}).get("lib_power_mW"):
+                exact_power[signed_of[k]] = float(rows[k]["lib_power_mW"])
+    for k, lut in tables.items():
+        result[k] = LutMultiplier(name=k, lut=lut, signed=signed_of[k], metrics=rows.get(k, {}),
+                                  exact_power_mw=exact_power.get(signed_of[k]))
+    return result
