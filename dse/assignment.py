@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from dse.exceptions import SearchSpaceError
+from dse.multipliers import get_multiplier
 from dse.numerics.decimal_places import check_decimals, round_to_decimals
 
 __all__ = ["LayerConfig", "Assignment", "TARGETABLE_TYPES", "targetable_layers", "apply_assignment", "assignment_key"]
@@ -29,13 +30,18 @@ class LayerConfig:
 
     Attributes:
         decimals: decimal places of the weights (1..9), or None for exact.
+        multiplier: name of the multiplier the layer's products use (weights and
+            activations quantized to its operand width), or None for float32.
     """
 
     decimals: int | None = None
+    multiplier: str | None = None
 
     def __post_init__(self) -> None:
         if self.decimals is not None:
             check_decimals(self.decimals)
+        if self.multiplier is not None:
+            get_multiplier(self.multiplier)  # unknown names fail here, listing the known ones
 
     @property
     def is_exact(self) -> bool:
@@ -53,8 +59,18 @@ def targetable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, TARGETABLE_TYPES)}
 
 
-def apply_assignment(model: nn.Module, assignment: Assignment) -> nn.Module:
-    """A deep copy of ``model`` with each named layer transformed by its config."""
+def apply_assignment(
+    model: nn.Module,
+    assignment: Assignment,
+    activation_ranges: Mapping[str, tuple[float, float]] | None = None,
+    path: str = "auto",
+) -> nn.Module:
+    """A deep copy of ``model`` with each named layer transformed by its config.
+
+    Weights are rounded first (``decimals``); a layer with a ``multiplier`` is then
+    replaced by its emulated twin, quantizing its input over ``activation_ranges[name]``
+    (calibrated once on the exact model: :func:`dse.emulation.calibrate_ranges`).
+    """
     layers = targetable_layers(model)
     unknown = sorted(set(assignment) - set(layers))
     if unknown:
@@ -69,10 +85,28 @@ def apply_assignment(model: nn.Module, assignment: Assignment) -> nn.Module:
             if config.decimals is not None:
                 weight = new_layers[name].weight
                 weight.copy_(round_to_decimals(weight, config.decimals))
+    for name, config in assignment.items():
+        if config.multiplier is None:
+            continue
+        from dse.emulation import approximate_layer  # emulation imports this module
+
+        if activation_ranges is None or name not in activation_ranges:
+            raise SearchSpaceError(
+                f"Layer {name!r} takes multiplier {config.multiplier!r} but has no calibrated activation range; "
+                "pass activation_ranges from dse.emulation.calibrate_ranges(model, batches, layers)."
+            )
+        layer = approximate_layer(new_layers[name], config.multiplier, path=path, name=name)  # type: ignore[arg-type]
+        layer.set_activation_range(*activation_ranges[name])  # type: ignore[operator]
+        parent_name, _, child = name.rpartition(".")
+        setattr(result.get_submodule(parent_name) if parent_name else result, child, layer)
     return result
 
 
 def assignment_key(assignment: Assignment) -> str:
     """A canonical string for an assignment: equal keys mean identical models."""
-    parts = [f"{name}={cfg.decimals}" for name, cfg in sorted(assignment.items()) if not cfg.is_exact]
+    parts = [
+        f"{name}=" + ",".join(f"{k}:{v}" for k, v in cfg.as_dict().items() if v is not None)
+        for name, cfg in sorted(assignment.items())
+        if not cfg.is_exact
+    ]
     return ";".join(parts) or "exact"

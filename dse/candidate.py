@@ -12,6 +12,7 @@ import torch.nn as nn
 from dse.assignment import Assignment, LayerConfig, apply_assignment
 from dse.cost.energy import EnergyModel
 from dse.cost.macs import LayerShape, layer_shapes
+from dse.emulation.calibration import calibrate_ranges
 from dse.evaluation import Evaluator
 
 __all__ = ["CandidateResult", "CandidateEvaluator"]
@@ -28,11 +29,27 @@ class CandidateResult:
 class CandidateEvaluator:
     """Evaluate assignments of one trained model on one evaluator and energy model."""
 
-    def __init__(self, model: nn.Module, evaluator: Evaluator, energy_model: EnergyModel) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        evaluator: Evaluator,
+        energy_model: EnergyModel,
+        activation_ranges: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.evaluator = evaluator
         self.energy_model = energy_model
         self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
+        self._ranges = activation_ranges  # None: measured on first use
+
+    @property
+    def activation_ranges(self) -> dict[str, tuple[float, float]]:
+        """Input range of every Conv2d/Linear of the exact model, measured once."""
+        if self._ranges is None:
+            model = self.model.to(self.evaluator.device)
+            self._ranges = calibrate_ranges(model, self.evaluator.calibration_batches(), list(self.shapes))
+            self.model = model.cpu()
+        return self._ranges
 
     def cost_table(self, model: nn.Module, assignment: Assignment) -> pd.DataFrame:
         energies = self.energy_model.estimate(model, self.shapes, assignment)
@@ -45,6 +62,7 @@ class CandidateEvaluator:
                 "macs": shape.macs,
                 "weights": shape.weight_numel,
                 "decimals": assignment.get(name, LayerConfig()).decimals,
+                "multiplier": assignment.get(name, LayerConfig()).multiplier,
                 "weight_bits": e.weight_bits,
                 "multiply_pj": e.multiply_pj,
                 "add_pj": e.add_pj,
@@ -55,7 +73,8 @@ class CandidateEvaluator:
         return pd.DataFrame(rows)
 
     def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
-        candidate = apply_assignment(self.model, assignment)
+        needs_ranges = any(cfg.multiplier for cfg in assignment.values())
+        candidate = apply_assignment(self.model, assignment, self.activation_ranges if needs_ranges else None)
         acc = self.evaluator.accuracy(candidate)
         table = self.cost_table(self.model, assignment)
         macs = table["macs"].sum()

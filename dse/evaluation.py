@@ -63,6 +63,9 @@ class Evaluator:
         channels_last: evaluate in NHWC (faster for convolutions on CPU and GPU).
         timing_repeats: full timed passes per model (median reported).
         threads: torch intra-op threads for evaluation, or None to leave torch's setting.
+        calibration_images: images (a seeded random selection of the evaluation set: its
+            files may be class-major) over which activation ranges are measured once.
+        calibration_seed: seed of that selection.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class Evaluator:
         channels_last: bool = True,
         timing_repeats: int = 3,
         threads: int | None = None,
+        calibration_images: int = 256,
+        calibration_seed: int = 0,
     ) -> None:
         if timing_repeats < 1:
             raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}.")
@@ -79,6 +84,8 @@ class Evaluator:
         self.accelerator = accelerator
         self.channels_last = channels_last
         self.timing_repeats = timing_repeats
+        self.calibration_images = calibration_images
+        self.calibration_seed = calibration_seed
         if threads:
             torch.set_num_threads(threads)
         datamodule.setup("test")
@@ -111,6 +118,14 @@ class Evaluator:
                 for x, _ in self.datamodule.test_dataloader()
             ]
         return self._timing_batches
+
+    def calibration_batches(self) -> list[torch.Tensor]:
+        """``calibration_images`` images picked with a seeded permutation, normalised, on the device."""
+        images = torch.cat(self._batches())
+        generator = torch.Generator().manual_seed(self.calibration_seed)
+        pick = torch.randperm(len(images), generator=generator)[: self.calibration_images].sort().values
+        chosen = images[pick.to(images.device)]
+        return list(chosen.split(self.datamodule.eval_batch_size))  # type: ignore[attr-defined]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -85,9 +85,13 @@ def open_study(cfg: DictConfig, objectives: list[Objective], space: BoundSpace) 
 
 
 def final_evaluation(
-    cfg: DictConfig, study: optuna.Study, space: BoundSpace, model: nn.Module, tracker: MlflowTracker | None
+    cfg: DictConfig, study: optuna.Study, space: BoundSpace, search: CandidateEvaluator, tracker: MlflowTracker | None
 ) -> pd.DataFrame | None:
-    """Re-evaluate every Pareto trial on the full test set, once per trial (kept in study attrs)."""
+    """Re-evaluate every Pareto trial on the full test set, once per trial (kept in study attrs).
+
+    Quantized layers keep the activation ranges calibrated for the search, so the
+    re-evaluated model is the very one the search scored.
+    """
     if not cfg.final_eval.enabled:
         return None
     try:
@@ -96,7 +100,9 @@ def final_evaluation(
     except DataError as exc:
         _logger.info("Skipping the full-test-set re-evaluation (set DSE_CIFAR10_NPZ or final_eval.data.path): %s", exc)
         return None
-    candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware))
+    quantized = any(layer.multiplier for t in study.best_trials for layer in space.assignment(t.params).values())
+    ranges = search.activation_ranges if quantized else None
+    candidates = CandidateEvaluator(search.model, evaluator, search.energy_model, activation_ranges=ranges)
     rows = []
     for trial in study.best_trials:
         attr = f"final_eval/{trial.number}"
@@ -158,7 +164,7 @@ def run_search(cfg: DictConfig) -> SearchResult:
     status = "FAILED"
     try:
         done = runner.run()
-        final = final_evaluation(cfg, study, bound, model, tracker)
+        final = final_evaluation(cfg, study, bound, candidates, tracker)
         runner.publish(done, final=True)
         if tracker is not None and tracker.parent_run_id is not None and final is not None:
             merged = front_table(study, objectives).merge(final, on="trial", how="left")

@@ -95,7 +95,7 @@ def test_duplicates_are_not_evaluated_and_small_spaces_are_exhausted(workdir: Pa
     study = load(workdir)
     trials = complete(study)
     def decimals_used(key: str) -> str:  # "exact", or the one d every layer got
-        return key if key == "exact" else "|".join(sorted({part.split("=")[1] for part in key.split(";")}))
+        return key if key == "exact" else "|".join(sorted({part.split("decimals:")[1] for part in key.split(";")}))
 
     assert sorted(decimals_used(t.user_attrs["assignment_key"]) for t in trials) == ["1", "2", "exact"]
     for t in study.get_trials(states=(TrialState.PRUNED,)):
@@ -184,3 +184,24 @@ def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) 
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("dse").experiment_id])
     assert sum(r.data.tags.get("dse_role") == "trial" for r in runs) == 2
+
+
+def test_multiplier_study_end_to_end(workdir: Path) -> None:
+    """Per-group multipliers on the tiny CNN: energy falls with the circuits' power, trials land in MLflow."""
+    overrides = ["study=mobilenet_cifar10_multipliers", "model=tiny_cnn_cifar10", "study.name=tiny_multipliers",
+                 "study.n_trials=4", "space.multipliers=[exact_s8,mul8s_1KV9,mul8s_1L2N,mitchell_w6_s8]",
+                 "evaluation.calibration_images=64", *FAST]
+    result = run_search(compose_config(overrides))
+    trials = complete(load(workdir, "tiny_multipliers"))
+    assert len(trials) == 4
+    baseline, others = trials[0], trials[1:]
+    assert baseline.user_attrs["assignment_key"] == "exact"
+    for t in others:
+        assert "multiplier:" in t.user_attrs["assignment_key"]
+        assert t.values[1] < baseline.values[1]  # 8-bit integer layers cost less energy than fp32 ones
+        assert 0.0 <= t.values[0] <= 1.0
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    children = client.search_runs([client.get_experiment_by_name("dse").experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == 4
+    assert any(r.data.params.get("layer.classifier.multiplier") not in (None, "None") for r in children)

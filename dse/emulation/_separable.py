@@ -13,15 +13,49 @@ result equals the reference bit for bit. Cost: 1 + r ordinary convolutions.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ._exact_sums import exact_conv2d, exact_linear
 from ._factorization import integer_factorization
 
-__all__ = ["SeparableProducts", "MAX_SEPARABLE_RANK"]
+__all__ = ["SeparableProducts", "FusedSeparable", "MAX_SEPARABLE_RANK", "factorize"]
 
 MAX_SEPARABLE_RANK = 8  # above this, the table path is cheaper
+
+
+@functools.lru_cache(maxsize=128)
+def _factorize(lut_bytes: bytes, size: int, value_bytes: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    lut = np.frombuffer(lut_bytes, dtype=np.int64).reshape(size, size)
+    values = np.frombuffer(value_bytes, dtype=np.int64)
+    error = lut - np.outer(values, values)
+    if int(np.linalg.matrix_rank(error.astype(np.float64))) > MAX_SEPARABLE_RANK:
+        return None
+    best = None
+    for transpose in (False, True):
+        try:
+            a, b = integer_factorization(error.T if transpose else error)
+        except OverflowError:
+            continue
+        if transpose:
+            a, b = b.T, a.T
+        bound = float((np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)).max()) if b.shape[0] else 0.0
+        if best is None or bound < best[0]:
+            best = (bound, a, b)
+    if best is None or best[0] * 25 >= 2**24:  # one channel of a 5x5 kernel must stay exact in float32
+        return None
+    return best[1], best[2]
+
+
+def factorize(lut: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer factors (A, B) of ``lut - values x values``, the smaller of the row and column
+    lattices; None when the rank exceeds MAX_SEPARABLE_RANK or the factors are too large for
+    exact float32 sums. Cached per table: every trial builds its layers anew."""
+    lut, values = np.ascontiguousarray(lut, dtype=np.int64), np.ascontiguousarray(values, dtype=np.int64)
+    return _factorize(lut.tobytes(), lut.shape[0], values.tobytes())
 
 
 class SeparableProducts:
@@ -33,23 +67,25 @@ class SeparableProducts:
     """
 
     def __init__(self, lut: np.ndarray, values: np.ndarray) -> None:
-        error = lut - np.outer(values, values)
-        a, b = integer_factorization(error)
+        factors = factorize(lut, values)
+        if factors is None:
+            raise OverflowError(
+                "this table's error has rank > 8 or integer factors too large for exact float32 sums; "
+                "use path='table' (path='auto' does)"
+            )
+        a, b = factors
         self.rank = b.shape[0]
         self.max_exact_term = float(np.abs(values).max() ** 2)
         self.max_error_term = float((np.abs(a) @ np.abs(b)).max()) if self.rank else 0.0
         # row r holds A_r for every activation index / B_r for every weight index
-        self._a = torch.from_numpy(a.T.astype(np.float64)).float().contiguous()  # (r, S)
-        self._b = torch.from_numpy(b.astype(np.float64)).float().contiguous()  # (r, S)
-        if self.rank and max(np.abs(a).max(), np.abs(b).max()) >= 2**24:
-            raise OverflowError("integer factors too large for float32")
+        self._a = torch.from_numpy(a.T.astype(np.float32)).contiguous()  # (r, S)
+        self._b = torch.from_numpy(b.astype(np.float32)).contiguous()  # (r, S)
         self._size = lut.shape[0]
 
     @staticmethod
     def usable(lut: np.ndarray, values: np.ndarray) -> bool:
-        """True when the error table's rank is small enough for this path to pay off."""
-        error = (lut - np.outer(values, values)).astype(np.float64)
-        return int(np.linalg.matrix_rank(error)) <= MAX_SEPARABLE_RANK
+        """True when this path is exact and pays off for the table (low rank, small integer factors)."""
+        return factorize(lut, values) is not None
 
     def to(self, device: torch.device) -> SeparableProducts:
         self._a, self._b = self._a.to(device), self._b.to(device)
@@ -110,3 +146,71 @@ class SeparableProducts:
         if exact.dtype != correction.dtype:
             return exact.double() + correction.double()
         return exact + correction
+
+
+class FusedSeparable:
+    """One lookup and one convolution per layer, for signed tables whose sums fit float32.
+
+    Every operand value v maps to the row ``[v, A_1(v), ..., A_r(v)]`` (activations)
+    or ``[v, B_1(v), ..., B_r(v)]`` (weights); ``lut[x, w]`` is their dot product.
+    The activation rows come from ``F.embedding`` on the channels-last index tensor,
+    which writes them *channel-major* (channel c's r+1 factors adjacent) straight
+    into the layout the convolution reads: no permute, no copy. Exact while
+    ``K * max|row . row| < 2^24``; callers check :meth:`fits`.
+    """
+
+    def __init__(self, separable: SeparableProducts, values: np.ndarray) -> None:
+        order = np.argsort(values)  # rows in value order: index = value - min(value)
+        self.offset = int(-values.min())
+        self.size = len(values)
+        ranks = separable.rank + 1
+        act = np.empty((self.size, ranks), dtype=np.float32)
+        wgt = np.empty((self.size, ranks), dtype=np.float32)
+        act[:, 0] = wgt[:, 0] = values[order]
+        if separable.rank:
+            act[:, 1:] = separable._a.numpy().T[order]
+            wgt[:, 1:] = separable._b.numpy().T[order]
+        self.ranks = ranks
+        self.act_rows = torch.from_numpy(act)
+        self.wgt_rows = torch.from_numpy(wgt)
+        self.max_term = separable.max_exact_term + separable.max_error_term
+        self.zero_row_is_zero = bool(np.all(act[self.offset] == 0))  # value 0 -> zero padding is exact
+
+    def fits(self, terms_per_output: int) -> bool:
+        return terms_per_output * self.max_term < 2**24
+
+    def index(self, q: torch.Tensor) -> torch.Tensor:
+        """int32 row index of integer-valued operands ``q`` (``q`` is consumed: shifted in place)."""
+        return q.add_(self.offset).to(torch.int32)
+
+    def weight_stack(self, wq: torch.Tensor) -> torch.Tensor:
+        """Weights as the conv/linear weight of the stacked (channel-major) input."""
+        rows = self.wgt_rows.to(wq.device)[self.index(wq.clone()).long()]  # (*w.shape, R)
+        if wq.dim() == 2:  # linear (O, K) -> (O, K*R)
+            return rows.reshape(wq.shape[0], -1)
+        o, cg, kh, kw = wq.shape
+        rows = rows.permute(0, 1, 4, 2, 3)  # (O, Cg, R, kh, kw)
+        return rows.reshape(o, cg * self.ranks, kh, kw)  # depthwise: (O, R, kh, kw), regrouped in conv2d
+
+    def stacked_input(self, idx: torch.Tensor) -> torch.Tensor:
+        """(N, C*R, H, W) channels-last factors of an (N, C, H, W) index tensor."""
+        n, c, h, w = idx.shape
+        rows = F.embedding(idx.permute(0, 2, 3, 1), self.act_rows.to(idx.device))  # (N, H, W, C, R)
+        return rows.reshape(n, h, w, c * self.ranks).permute(0, 3, 1, 2)
+
+    def conv2d(self, idx: torch.Tensor, w_stack: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], groups: int, out_channels: int) -> torch.Tensor:
+        n, c = idx.shape[:2]
+        x = self.stacked_input(idx)
+        if groups == c and groups > 1:  # depthwise: a plain depthwise conv over the C*R stacked channels
+            m = out_channels // c
+            w_dw = w_stack.view(c, m, self.ranks, *w_stack.shape[-2:]).transpose(1, 2).reshape(c * self.ranks * m, 1, *w_stack.shape[-2:])
+            y = F.conv2d(x, w_dw, None, stride, padding, dilation, c * self.ranks)  # channel (c*R + rho)*m + j
+            h, w = y.shape[-2:]
+            y = y.permute(0, 2, 3, 1).reshape(n, h, w, c, self.ranks, m).sum(dim=4)
+            return y.reshape(n, h, w, out_channels).permute(0, 3, 1, 2)
+        return F.conv2d(x, w_stack, None, stride, padding, dilation, groups)
+
+    def linear(self, idx: torch.Tensor, w_stack: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(idx, self.act_rows.to(idx.device))  # (N, K, R)
+        return F.linear(rows.reshape(idx.shape[0], -1), w_stack)

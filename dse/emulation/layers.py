@@ -33,7 +33,7 @@ from dse.multipliers import Multiplier, get_multiplier, operand_values
 from dse.numerics.quantization import qrange, quantize, weight_qparams
 
 from ._exact_sums import accumulator_dtype
-from ._separable import SeparableProducts
+from ._separable import FusedSeparable, SeparableProducts
 from ._tables import TableProducts
 from .reference import lut_conv2d_reference, lut_linear_reference
 
@@ -51,10 +51,22 @@ class _Emulated:
     bias: nn.Parameter | None
     act_range: torch.Tensor
 
-    def _init_emulation(self, multiplier: Multiplier | str, path: EmulationPath, per_channel: bool, name: str) -> None:
+    def _init_emulation(self, multiplier: Multiplier | str, path: EmulationPath, per_channel: bool, name: str,
+                        bits: int | None, signed: bool | None) -> None:
         mult = get_multiplier(multiplier) if isinstance(multiplier, str) else multiplier
         if path not in _PATHS:
             raise ConfigError(f"Layer {name!r}: unknown emulation path {path!r}; choose one of {list(_PATHS)}.")
+        if bits is not None and bits != mult.bits:
+            raise ConfigError(
+                f"Layer {name!r} is quantized to {bits} bits, but multiplier {mult.name!r} takes {mult.bits}-bit operands. "
+                f"Quantize the layer to {mult.bits} bits or choose a {bits}-bit multiplier."
+            )
+        if signed is not None and signed != mult.signed:
+            want, have = ("signed" if signed else "unsigned"), ("signed" if mult.signed else "unsigned")
+            raise ConfigError(
+                f"Layer {name!r} feeds {want} operands to multiplier {mult.name!r}, whose table is {have}. "
+                f"Use a {want} table (e.g. {'mul8s_*' if signed else 'mul8u_*'}) or {have} quantization."
+            )
         self.multiplier = mult
         self.layer_name = name
         self.per_channel = per_channel
@@ -67,6 +79,10 @@ class _Emulated:
         self.path = path
         self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
         self._separable = SeparableProducts(table, values) if path == "separable" else None
+        # signed tables (zero point 0): one lookup + one conv, when the sums fit float32
+        self._fused = FusedSeparable(self._separable, values) if self._separable is not None and mult.signed else None
+        if self._fused is not None and not self._fused.fits(self._terms_per_output()):
+            self._fused = None
         self._tables = TableProducts(self._lut) if path == "table" else None
         self._cache: dict[str, Any] = {}
         self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))  # type: ignore[attr-defined]
@@ -134,7 +150,9 @@ class _Emulated:
         cache: dict[str, Any] = {"key": key, "wq": wq, "w_idx": w_idx, "w_scale": p.scale.to(self.weight.device),
                                  "w_zero": p.zero_point.to(self.weight.device)}
         cache["w_sum"] = wq.reshape(wq.shape[0], -1).sum(dim=1)
-        if self._separable is not None:
+        if self._fused is not None:
+            cache["w_stack"] = self._fused.weight_stack(wq)
+        elif self._separable is not None:
             cache["w_factors"] = self._separable.weight_factors(w_idx) if self._separable.rank else None
         self._cache = cache
         return cache
@@ -159,6 +177,8 @@ class _Emulated:
             zw = w["w_zero"].to(dtype).view(view)
             acc = acc - zw * x_sum.to(dtype) - zero * w["w_sum"].to(dtype).view(view) + self._terms_per_output() * zero * zw  # type: ignore[union-attr]
         combined = (scale * w["w_scale"].double()).to(dtype).view(view)
+        if dtype == torch.float32 and self.bias is not None:
+            return torch.addcmul(self.bias.view(view), acc, combined)  # one pass
         y = (acc * combined).float()
         if self.bias is not None:
             y = y + self.bias.view(view)
@@ -172,18 +192,20 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
     """A Conv2d (any stride, padding, dilation, groups) whose products come from ``multiplier``."""
 
     def __init__(self, *args: Any, multiplier: Multiplier | str = "exact_s8", path: EmulationPath = "auto",
-                 per_channel: bool = True, name: str = "", **kwargs: Any) -> None:
+                 per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ConfigError(f"Layer {name!r}: only numeric zero padding is emulated, got {self.padding!r}/{self.padding_mode!r}.")
-        self._init_emulation(multiplier, path, per_channel, name)
+        self._init_emulation(multiplier, path, per_channel, name, bits, signed)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                  per_channel: bool = True, name: str = "") -> ApproxConv2d:
+                  per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None) -> ApproxConv2d:
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, conv.padding_mode, multiplier=multiplier, path=path,
-                    per_channel=per_channel, name=name, device=conv.weight.device, dtype=conv.weight.dtype)
+                    per_channel=per_channel, name=name, bits=bits, signed=signed, device=conv.weight.device,
+                    dtype=conv.weight.dtype)
         layer.load_state_dict(conv.state_dict(), strict=False)
         return layer
 
@@ -191,6 +213,13 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         scale, zero = self._activation_qparams()
         w = self._weights()
         ph, pw = self.padding  # type: ignore[misc]
+        if self._fused is not None:
+            idx = self._fused.index(self._quantize_input(x, zero, scale))
+            padding = self.padding
+            if (ph or pw) and not self._fused.zero_row_is_zero:  # the zero operand's row must be padded in
+                idx, padding = F.pad(idx, (pw, pw, ph, ph), value=self._fused.offset), (0, 0)
+            acc = self._fused.conv2d(idx, w["w_stack"], self.stride, padding, self.dilation, self.groups, self.out_channels)  # type: ignore[arg-type]
+            return self._finish(acc, None, zero, scale, w, tuple(acc.shape))
         xq = F.pad(self._quantize_input(x, zero, scale), (pw, pw, ph, ph), value=zero)  # real 0 -> zero point
         stride, dilation = self.stride, self.dilation
         if self.path == "reference":
@@ -213,15 +242,17 @@ class ApproxLinear(_Emulated, nn.Linear):
     """A Linear layer whose products come from ``multiplier``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, multiplier: Multiplier | str = "exact_s8",
-                 path: EmulationPath = "auto", per_channel: bool = True, name: str = "", **kwargs: Any) -> None:
+                 path: EmulationPath = "auto", per_channel: bool = True, name: str = "", bits: int | None = None,
+                 signed: bool | None = None, **kwargs: Any) -> None:
         super().__init__(in_features, out_features, bias, **kwargs)
-        self._init_emulation(multiplier, path, per_channel, name)
+        self._init_emulation(multiplier, path, per_channel, name, bits, signed)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                    per_channel: bool = True, name: str = "") -> ApproxLinear:
+                    per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None) -> ApproxLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, multiplier=multiplier, path=path,
-                    per_channel=per_channel, name=name, device=linear.weight.device, dtype=linear.weight.dtype)
+                    per_channel=per_channel, name=name, bits=bits, signed=signed, device=linear.weight.device,
+                    dtype=linear.weight.dtype)
         layer.load_state_dict(linear.state_dict(), strict=False)
         return layer
 
@@ -230,6 +261,9 @@ class ApproxLinear(_Emulated, nn.Linear):
         w = self._weights()
         lead = x.shape[:-1]
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
+        if self._fused is not None:
+            acc = self._fused.linear(self._fused.index(xq), w["w_stack"])
+            return self._finish(acc, None, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         if self.path == "reference":
             acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))
         elif self.path == "table":
@@ -243,10 +277,14 @@ class ApproxLinear(_Emulated, nn.Linear):
 
 
 def approximate_layer(module: nn.Module, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                      per_channel: bool = True, name: str = "") -> nn.Module:
-    """The emulated twin of a Conv2d or Linear (same weights, same state_dict keys + act_range)."""
+                      per_channel: bool = True, name: str = "", bits: int | None = None,
+                      signed: bool | None = None) -> nn.Module:
+    """The emulated twin of a Conv2d or Linear (same weights, same state_dict keys + act_range).
+
+    ``bits``/``signed``, when given, must match the multiplier's operands (else a ConfigError).
+    """
     if isinstance(module, nn.Conv2d):
-        return ApproxConv2d.from_conv(module, multiplier, path, per_channel, name)
+        return ApproxConv2d.from_conv(module, multiplier, path, per_channel, name, bits, signed)
     if isinstance(module, nn.Linear):
-        return ApproxLinear.from_linear(module, multiplier, path, per_channel, name)
+        return ApproxLinear.from_linear(module, multiplier, path, per_channel, name, bits, signed)
     raise ConfigError(f"Layer {name!r} is a {type(module).__name__}; only Conv2d and Linear take a multiplier.")

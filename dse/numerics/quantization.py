@@ -71,4 +71,5 @@ def activation_qparams(lo: float, hi: float, bits: int, signed: bool) -> QuantPa
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Integer-valued float tensor ``clamp(round(x / scale) + zero_point)`` (exact below 2^24)."""
     lo, hi = qrange(bits, signed)
-    return torch.clamp(torch.round(x / scale) + zero_point, lo, hi)
+    q = x / scale  # one new tensor; the rest in place (same values as the out-of-place chain)
+    return q.round_().add_(zero_point).clamp_(lo, hi)

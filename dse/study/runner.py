@@ -44,6 +44,7 @@ class StudySettings:
         objectives: optimised metrics, in the study's direction order.
         max_accuracy_drop: feasibility constraint (fraction, e.g. 0.01), or None.
         max_duplicate_streak: stop after this many duplicate proposals in a row.
+        max_failure_streak: stop after this many failed trials in a row (a broken setup, not bad luck).
         plot_every: refresh the HTML/PNG front every this many complete trials.
         timing: measure inference time (needed if it is an objective).
     """
@@ -52,6 +53,7 @@ class StudySettings:
     objectives: Sequence[Objective]
     max_accuracy_drop: float | None = None
     max_duplicate_streak: int = 50
+    max_failure_streak: int = 5
     plot_every: int = 5
     timing: bool = True
 
@@ -77,6 +79,7 @@ class StudyRunner:
         self.settings = settings
         self.tracker = tracker
         self._duplicate_streak = 0
+        self._failure_streak = 0
         self._baseline_accuracy: float | None = None
         self._progress: tqdm | None = None
 
@@ -162,7 +165,15 @@ class StudyRunner:
             return
         self._duplicate_streak = 0
         if trial.state == TrialState.FAIL:
+            self._failure_streak += 1
+            if self._failure_streak >= self.settings.max_failure_streak:
+                _logger.error("%d trials failed in a row; stopping. The study keeps every finished trial.",
+                              self._failure_streak)
+                study.stop()
+                return
             _logger.warning("Trial %d failed; the search goes on.", trial.number)
+        else:
+            self._failure_streak = 0
         done = count_complete(study)
         if trial.state == TrialState.COMPLETE:
             self.publish(done)

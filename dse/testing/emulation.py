@@ -1,0 +1,68 @@
+"""Layer shapes every emulation path must handle, and a helper to run two paths on one.
+
+Used by ``tests/test_emulation.py`` on every multiplier; a new path or a new
+multiplier family gets the whole suite by adding itself to the parametrisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from dse.emulation import approximate_layer
+
+__all__ = ["LayerShape", "SHAPES", "make_layer", "emulated_pair"]
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    name: str
+    in_ch: int
+    out_ch: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    groups: int = 1
+    linear: bool = False
+    size: int = 7
+
+
+SHAPES = [
+    LayerShape("regular", 5, 6),
+    LayerShape("pointwise", 12, 7, kernel=1, padding=0),
+    LayerShape("depthwise", 8, 8, groups=8),
+    LayerShape("depthwise_strided_x2", 4, 8, stride=2, groups=4),
+    LayerShape("grouped", 6, 9, groups=3),
+    LayerShape("strided_padded", 3, 4, kernel=5, stride=2, padding=2, size=9),
+    LayerShape("dilated", 4, 3, dilation=2, padding=2),
+    LayerShape("linear", 40, 6, linear=True),
+]
+
+
+def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    if shape.linear:
+        layer: nn.Module = nn.Linear(shape.in_ch, shape.out_ch)
+        x = torch.randn(3, shape.in_ch, generator=gen)
+    else:
+        layer = nn.Conv2d(shape.in_ch, shape.out_ch, shape.kernel, shape.stride, shape.padding, shape.dilation, shape.groups)
+        x = torch.randn(2, shape.in_ch, shape.size, shape.size, generator=gen)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return layer, x
+
+
+def emulated_pair(shape: LayerShape, multiplier: str, paths: tuple[str, str], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of ``paths`` on the same layer, input and calibration."""
+    layer, x = make_layer(shape, seed)
+    outs = []
+    for path in paths:
+        approx = approximate_layer(layer, multiplier, path=path, name=shape.name)  # type: ignore[arg-type]
+        approx.set_activation_range(float(x.min()), float(x.max()))  # type: ignore[operator]
+        with torch.no_grad():
+            outs.append(approx(x))
+    return outs[0], outs[1]

@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dse.assignment import LayerConfig, apply_assignment
+from dse.emulation._separable import SeparableProducts
+from dse.emulation import ApproxConv2d, ApproxLinear, approximate_layer, calibrate_ranges
+from dse.exceptions import ConfigError, SearchSpaceError
+from dse.multipliers import LutMultiplier, get_multiplier, list_multipliers, operand_values
+from dse.testing import SHAPES, emulated_pair, make_layer
+from dse.training.models import get_model
+
+EVOAPPROX = sorted(n for n in list_multipliers() if n.startswith("mul8"))
+LOW_RANK = [n for n in EVOAPPROX + ["truncated_t6_s8", "drum_k4_s8", "exact_s8", "exact_u8"]
+            if SeparableProducts.usable(get_multiplier(n).table(), operand_values(8, get_multiplier(n).signed))]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("multiplier", ["mul8s_1KV9", "mul8s_1L2N", "mul8u_DG8", "mitchell_w6_s8", "truncated_t6_u8"])
+def test_table_path_equals_reference(shape, multiplier: str) -> None:
+    ref, fast = emulated_pair(shape, multiplier, ("reference", "table"))
+    assert torch.equal(ref, fast)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("multiplier", LOW_RANK)
+def test_separable_path_equals_reference(shape, multiplier: str) -> None:
+    ref, fast = emulated_pair(shape, multiplier, ("reference", "separable"), seed=hash(multiplier) % 1000)
+    assert torch.equal(ref, fast)
+
+
+def test_every_shipped_table_is_emulated_exactly_by_auto() -> None:
+    shape = SHAPES[0]
+    for name in EVOAPPROX:
+        ref, fast = emulated_pair(shape, name, ("reference", "auto"))
+        assert torch.equal(ref, fast), name
+
+
+def test_large_reduction_stays_exact() -> None:
+    """K = 1280 inputs exceeds float32's exact range for worst-case sums: chunks keep it exact."""
+    layer, x = nn.Linear(1280, 4), torch.randn(3, 1280).abs() * 5
+    for name in ("mul8s_1L2N", "exact_u8"):
+        outs = []
+        for path in ("reference", "separable", "table"):
+            a = approximate_layer(layer, name, path=path)
+            a.set_activation_range(0.0, float(x.max()))
+            outs.append(a(x))
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_exact_multiplier_is_plain_integer_quantized_inference(signed: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1)
+    x = torch.randn(2, 6, 9, 9)
+    layer = approximate_layer(conv, "exact_s8" if signed else "exact_u8")
+    layer.set_activation_range(float(x.min()), float(x.max()))
+    # independent integer reference: quantize by hand, int64 convolution of (q - zero point)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    w = conv.weight.detach().reshape(5, -1)
+    if signed:
+        sx, zx = max(hi, -lo) / 127, 0.0
+        sw, zw = w.abs().max(1).values / 127, torch.zeros(5)
+        xq = torch.clamp(torch.round(x / sx), -128, 127)
+        wq = torch.clamp(torch.round(conv.weight / sw.view(-1, 1, 1, 1)), -128, 127)
+    else:
+        sx = (hi - lo) / 255
+        zx = float(round(-lo / sx))
+        wlo, whi = w.min(1).values.clamp(max=0), w.max(1).values.clamp(min=0)
+        sw = (whi - wlo) / 255
+        zw = torch.round(-wlo / sw)
+        xq = torch.clamp(torch.round(x / sx) + zx, 0, 255)
+        wq = torch.clamp(torch.round(conv.weight / sw.view(-1, 1, 1, 1)) + zw.view(-1, 1, 1, 1), 0, 255)
+    xq_pad = F.pad(xq, (1, 1, 1, 1), value=zx)
+    acc = F.conv2d((xq_pad - zx).double(), (wq - zw.view(-1, 1, 1, 1)).double(), stride=2).round().long()
+    expected = (acc.float() * (sx * sw.double()).float().view(1, -1, 1, 1)) + conv.bias.view(1, -1, 1, 1)
+    got = layer(x)
+    assert torch.allclose(got, expected.detach(), rtol=0, atol=1e-5)
+    # and it approximates the float layer within the quantization error
+    assert (got - conv(x)).abs().max() < 0.1
+
+
+def test_asymmetric_table_fixes_operand_order() -> None:
+    """lut[a, b] = a*b + a: swapping activation and weight would change the result."""
+    v = operand_values(8, True)
+    lut = (np.outer(v, v) + v[:, None]).astype(np.int32)
+    mult = LutMultiplier(name="asym_s8", lut=lut, signed=True)
+    linear = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.5, -1.0, 0.25]]))
+    layer = ApproxLinear.from_linear(linear, mult, path="reference")
+    layer.set_activation_range(-1.0, 1.0)
+    x = torch.tensor([[1.0, 0.5, -1.0]])
+    xq = torch.round(x * 127)  # activation scale 1/127
+    wq = torch.round(linear.weight / (1.0 / 127))
+    acc = (xq * wq).sum() + xq.sum()  # + a, the activation operand
+    assert layer(x).item() == pytest.approx(acc.item() / 127 / 127, rel=1e-6)
+    for path in ("separable", "table"):
+        other = ApproxLinear.from_linear(linear, mult, path=path)
+        other.set_activation_range(-1.0, 1.0)
+        assert torch.equal(other(x), layer(x))
+
+
+def test_calibrated_range_is_frozen_so_batch_composition_does_not_matter() -> None:
+    layer, x = make_layer(SHAPES[0])
+    approx = approximate_layer(layer, "mul8s_1L2J")
+    approx.set_activation_range(-3.0, 3.0)
+    assert torch.equal(approx(x)[:1], approx(x[:1]))
+    assert torch.equal(approx(x)[1:], approx(x[1:] * 1.0))
+
+
+def test_state_dict_compatibility() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    layer = ApproxConv2d.from_conv(conv, "mul8s_1KV9")
+    assert set(layer.state_dict()) == set(conv.state_dict()) | {"act_range"}
+    assert torch.equal(layer.weight, conv.weight)
+    fresh = ApproxConv2d(4, 4, 3, padding=1, multiplier="mul8s_1KV9")
+    fresh.load_state_dict(conv.state_dict())  # an original state_dict loads, strict
+    assert torch.equal(fresh.weight, conv.weight) and not fresh.calibrated
+    layer.set_activation_range(-1, 2)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.act_range.tolist() == [-1.0, 2.0]
+
+
+def test_apply_assignment_changes_only_named_layers() -> None:
+    model = get_model("tiny_cnn").eval()
+    x = torch.randn(4, 3, 32, 32)
+    names = ["features.1.0", "classifier"]
+    ranges = calibrate_ranges(model, [x], names)
+    changed = apply_assignment(model, {"features.1.0": LayerConfig(multiplier="mul8s_1KVP"),
+                                       "classifier": LayerConfig(multiplier="mitchell_w6_s8")}, ranges)
+    assert isinstance(changed.features[1][0], ApproxConv2d) and isinstance(changed.classifier, ApproxLinear)
+    assert changed.classifier.path == "table" and changed.features[1][0].path == "separable"
+    before, after = model.state_dict(), changed.state_dict()
+    assert set(after) == set(before) | {"features.1.0.act_range", "classifier.act_range"}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert type(model.features[1][0]) is nn.Conv2d  # the original is untouched
+    out = changed(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    with pytest.raises(SearchSpaceError, match="no calibrated activation range"):
+        apply_assignment(model, {"classifier": LayerConfig(multiplier="mul8s_1KV9")})
+
+
+def test_bad_inputs_name_the_layer() -> None:
+    conv = nn.Conv2d(3, 3, 3)
+    with pytest.raises(ConfigError, match=r"'features.3' is quantized to 4 bits.*8-bit operands"):
+        approximate_layer(conv, "mul8s_1KV9", name="features.3", bits=4)
+    with pytest.raises(ConfigError, match=r"'features.3' feeds unsigned operands.*signed"):
+        approximate_layer(conv, "mul8s_1KV9", name="features.3", signed=False)
+    with pytest.raises(ConfigError, match="Unknown multiplier"):
+        LayerConfig(multiplier="mul8u_XYZ")
+    layer = approximate_layer(conv, "mul8s_1KV9", name="features.3")
+    with pytest.raises(RuntimeError, match="'features.3' has no calibrated activation range"):
+        layer(torch.randn(1, 3, 5, 5))
+
+
+def test_non_finite_activations_do_not_crash() -> None:
+    layer = approximate_layer(nn.Conv2d(2, 2, 3), "mul8s_1L12")
+    layer.set_activation_range(-1, 1)
+    x = torch.randn(1, 2, 5, 5)
+    x[0, 0, 0, 0], x[0, 1, 1, 1] = float("nan"), float("inf")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        out = layer(x)
+    assert torch.isfinite(out).all()

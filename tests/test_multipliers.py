@@ -1,0 +1,100 @@
+import csv
+
+import numpy as np
+import pytest
+
+from dse.exceptions import ConfigError
+from dse.multipliers import (
+    DrumMultiplier,
+    LutMultiplier,
+    MitchellMultiplier,
+    TruncatedMultiplier,
+    get_multiplier,
+    list_multipliers,
+    operand_values,
+)
+from dse.multipliers._lut import EVOAPPROX_DIR
+
+EVOAPPROX = sorted(n for n in list_multipliers() if n.startswith("mul8"))
+METRICS = {r["name"]: r for r in csv.DictReader(open(EVOAPPROX_DIR / "evoapprox_metrics.csv"))}
+
+
+def test_all_25_evoapprox_circuits_are_registered() -> None:
+    assert len(EVOAPPROX) == 25
+
+
+@pytest.mark.parametrize("name", EVOAPPROX)
+def test_evoapprox_error_stats_match_the_library(name: str) -> None:
+    m, row = get_multiplier(name), METRICS[name]
+    stats = m.error_stats()
+    assert stats.mae == pytest.approx(float(row["calc_mae"]), abs=1e-6)
+    assert stats.wce == int(row["calc_wce"])
+    assert stats.bias == pytest.approx(float(row["calc_bias"]), abs=1e-6)
+    assert stats.mre_pct == pytest.approx(float(row["calc_mre_pct"]), rel=1e-4, abs=1e-6)
+    assert m.signed == (row["signedness"] == "signed")
+    assert m.power_ratio == pytest.approx(float(row["lib_power_mW"]) / (0.425 if m.signed else 0.391))
+    assert m.delay_ns == float(row["lib_delay_ns"])
+
+
+@pytest.mark.parametrize("name", ["exact_s8", "exact_u8", "mul8s_1KV6", "mul8u_1JJQ", "truncated_t0_s8", "drum_k8_u8"])
+def test_exact_tables_are_products(name: str) -> None:
+    m = get_multiplier(name)
+    v = operand_values(8, m.signed)
+    assert np.array_equal(m.table(), np.outer(v, v)) and m.is_exact
+
+
+def test_signed_table_is_indexed_by_twos_complement_byte() -> None:
+    lut = get_multiplier("mul8s_1KV9").table()
+    x, w = np.array([-3, 100], dtype=np.int8), np.array([7, -128], dtype=np.int8)
+    products = lut[x.view(np.uint8), w.view(np.uint8)]
+    assert abs(products[0] - (-21)) <= 17 and abs(products[1] - (-12800)) <= 17  # WCE of 1KV9 is 17
+
+
+def test_mitchell_properties() -> None:
+    m = MitchellMultiplier(w=7, signed=False)  # no truncation at 8 bits: classic Mitchell
+    v = np.arange(256)
+    exact, approx = np.outer(v, v), m.table()
+    nz = exact > 0
+    assert (approx <= exact).all()  # Mitchell never overestimates
+    assert ((exact - approx)[nz] / exact[nz]).max() == pytest.approx(1 / 9)  # worst case 11.1% at x1 = x2 = 1/2
+    assert (approx[exact == 0] == 0).all()
+    assert (approx[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]] == exact[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]]).all()
+    s = MitchellMultiplier(w=6)
+    assert s.multiply(np.array(-100), np.array(27)) == -s.multiply(np.array(100), np.array(27)) == -2560
+
+
+def test_mitchell_wider_operands() -> None:
+    m = MitchellMultiplier(w=6, bits=16, signed=False)
+    assert int(m.multiply(np.array(1000), np.array(3000))) == 2_949_120  # x1 = 61/64, x2 = 29/64 (6 kept bits): 2^(9+11+1) * (x1 + x2)
+    assert int(m.multiply(np.array(1024), np.array(4096))) == 1024 * 4096  # powers of two are exact
+
+
+def test_truncation_and_drum_by_hand() -> None:
+    assert int(TruncatedMultiplier(t=4, signed=False).multiply(np.array(15), np.array(15))) == 176
+    assert int(TruncatedMultiplier(t=4).multiply(np.array(-15), np.array(15))) == -176
+    # DRUM-4: 200 = 11001000b -> keep 1100, force lsb: 1101 << 4 = 208; 3 stays 3
+    assert int(DrumMultiplier(k=4, signed=False).multiply(np.array(200), np.array(3))) == 624
+
+
+def test_unknown_multiplier_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"Unknown multiplier 'mul8u_XYZ'.*mul8s_1KV6.*mitchell_w"):
+        get_multiplier("mul8u_XYZ")
+
+
+@pytest.mark.parametrize(("lut", "message"), [
+    (np.zeros((256, 128), dtype=np.int32), "shape"),
+    (np.zeros((256, 256), dtype=np.float32), "dtype"),
+    (np.zeros((100, 100), dtype=np.int32), "power-of-two"),
+])
+def test_bad_tables(lut: np.ndarray, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LutMultiplier(name="bad", lut=lut)
+
+
+def test_own_table_by_path(tmp_path) -> None:
+    v = operand_values(8, True)
+    np.savez(tmp_path / "luts.npz", mine_s=(np.outer(v, v) + 1).astype(np.int32))
+    m = get_multiplier(f"{tmp_path / 'luts.npz'}:mine_s")
+    assert m.signed and m.error_stats().bias == 1.0
+    with pytest.raises(ConfigError, match="has no circuit"):
+        get_multiplier(f"{tmp_path / 'luts.npz'}:other")
