@@ -8,6 +8,7 @@ only the named layers' weights; every other tensor stays bit-identical.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 from dse.exceptions import SearchSpaceError
 from dse.multipliers import get_multiplier
 from dse.numerics.decimal_places import check_decimals, round_to_decimals
+from dse.numerics.formats import NumberFormat, parse_format
 
 __all__ = ["LayerConfig", "Assignment", "TARGETABLE_TYPES", "targetable_layers", "apply_assignment", "assignment_key"]
 
@@ -32,16 +34,28 @@ class LayerConfig:
         decimals: decimal places of the weights (1..9), or None for exact.
         multiplier: name of the multiplier the layer's products use (weights and
             activations quantized to its operand width), or None for float32.
+        weight_format, activation_format: number formats (``dse.numerics.formats``:
+            fp16, bf16, e4m3, int8, ...) the weights / the layer's input take, or None (fp32).
     """
 
     decimals: int | None = None
     multiplier: str | None = None
+    weight_format: str | None = None
+    activation_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.decimals is not None:
             check_decimals(self.decimals)
         if self.multiplier is not None:
             get_multiplier(self.multiplier)  # unknown names fail here, listing the known ones
+            if self.weight_format or self.activation_format:
+                raise SearchSpaceError(
+                    f"A layer cannot take multiplier {self.multiplier!r} and number formats "
+                    f"({self.weight_format}, {self.activation_format}) at once: the multiplier fixes its operand format."
+                )
+        for fmt in (self.weight_format, self.activation_format):
+            if fmt is not None:
+                parse_format(fmt)
 
     @property
     def is_exact(self) -> bool:
@@ -52,6 +66,16 @@ class LayerConfig:
 
 
 Assignment = Mapping[str, LayerConfig]
+
+
+class RoundInput:
+    """Forward pre-hook: the layer's input takes a number format (over a frozen range)."""
+
+    def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
+        self.fmt, self.lo, self.hi = fmt, lo, hi
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (self.fmt.round_activation(inputs[0], self.lo, self.hi), *inputs[1:])
 
 
 def targetable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -82,9 +106,21 @@ def apply_assignment(
     new_layers = targetable_layers(result)
     with torch.no_grad():
         for name, config in assignment.items():
+            weight = new_layers[name].weight
             if config.decimals is not None:
-                weight = new_layers[name].weight
                 weight.copy_(round_to_decimals(weight, config.decimals))
+            if config.weight_format is not None:
+                weight.copy_(parse_format(config.weight_format).round_weight(weight))
+    for name, config in assignment.items():
+        if config.activation_format is not None:
+            fmt = parse_format(config.activation_format)
+            lo, hi = (activation_ranges or {}).get(name, (math.nan, math.nan))
+            if fmt.name.startswith(("int", "uint")) and not (math.isfinite(lo) and math.isfinite(hi)):
+                raise SearchSpaceError(
+                    f"Layer {name!r} takes activation format {fmt.name!r}, which scales by the calibrated range, "
+                    "but no range was given; pass activation_ranges from dse.emulation.calibrate_ranges."
+                )
+            new_layers[name].register_forward_pre_hook(RoundInput(fmt, lo, hi))
     for name, config in assignment.items():
         if config.multiplier is None:
             continue

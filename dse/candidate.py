@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from dse.assignment import Assignment, LayerConfig, apply_assignment
 from dse.cost.energy import EnergyModel
+from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
 from dse.emulation.calibration import calibrate_ranges
 from dse.evaluation import Evaluator
@@ -35,10 +36,12 @@ class CandidateEvaluator:
         evaluator: Evaluator,
         energy_model: EnergyModel,
         activation_ranges: dict[str, tuple[float, float]] | None = None,
+        latency_model: LatencyModel | None = None,
     ) -> None:
         self.model = model.eval()
         self.evaluator = evaluator
         self.energy_model = energy_model
+        self.latency_model = latency_model
         self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
         self._ranges = activation_ranges  # None: measured on first use
 
@@ -53,6 +56,8 @@ class CandidateEvaluator:
 
     def cost_table(self, model: nn.Module, assignment: Assignment) -> pd.DataFrame:
         energies = self.energy_model.estimate(model, self.shapes, assignment)
+        latencies = self.latency_model.estimate(self.shapes, energies, assignment) if self.latency_model else {
+            n: math.nan for n in self.shapes}
         rows = []
         for name, shape in self.shapes.items():
             e = energies[name]
@@ -63,6 +68,10 @@ class CandidateEvaluator:
                 "weights": shape.weight_numel,
                 "decimals": assignment.get(name, LayerConfig()).decimals,
                 "multiplier": assignment.get(name, LayerConfig()).multiplier,
+                "weight_format": assignment.get(name, LayerConfig()).weight_format,
+                "activation_format": assignment.get(name, LayerConfig()).activation_format,
+                "activation_bits": e.activation_bits,
+                "latency_us": latencies[name] * 1e6,
                 "weight_bits": e.weight_bits,
                 "multiply_pj": e.multiply_pj,
                 "add_pj": e.add_pj,
@@ -73,7 +82,7 @@ class CandidateEvaluator:
         return pd.DataFrame(rows)
 
     def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
-        needs_ranges = any(cfg.multiplier for cfg in assignment.values())
+        needs_ranges = any(cfg.multiplier or cfg.activation_format for cfg in assignment.values())
         candidate = apply_assignment(self.model, assignment, self.activation_ranges if needs_ranges else None)
         acc = self.evaluator.accuracy(candidate)
         table = self.cost_table(self.model, assignment)
@@ -83,6 +92,7 @@ class CandidateEvaluator:
             "accuracy_top5": acc.acc_top5,
             "energy_uj": float(table["total_pj"].sum()) / 1e6,
             "mean_weight_bits": float((table["weight_bits"] * table["macs"]).sum() / macs),
+            "modeled_latency_us": float(table["latency_us"].sum()),
             "inference_time_s": math.nan,
             "ms_per_image": math.nan,
         }

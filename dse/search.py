@@ -102,7 +102,8 @@ def final_evaluation(
         return None
     quantized = any(layer.multiplier for t in study.best_trials for layer in space.assignment(t.params).values())
     ranges = search.activation_ranges if quantized else None
-    candidates = CandidateEvaluator(search.model, evaluator, search.energy_model, activation_ranges=ranges)
+    candidates = CandidateEvaluator(search.model, evaluator, search.energy_model, activation_ranges=ranges,
+                                    latency_model=search.latency_model)
     rows = []
     for trial in study.best_trials:
         attr = f"final_eval/{trial.number}"
@@ -131,7 +132,8 @@ def run_search(cfg: DictConfig) -> SearchResult:
     space: SearchSpace = instantiate(cfg.space)
     bound = space.bind(model, OmegaConf.to_container(cfg.model.layer_groups))  # type: ignore[arg-type]
     evaluator = Evaluator(instantiate(cfg.data), **cfg.evaluation)
-    candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware))
+    candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware.energy),
+                                    latency_model=instantiate(cfg.hardware.latency))
     study = open_study(cfg, objectives, bound)
     _logger.info(
         "Study %r in %s: %d/%d complete trials; %d parameters, %.3g distinct assignments",
@@ -144,7 +146,7 @@ def run_search(cfg: DictConfig) -> SearchResult:
         summary = {
             "study": cfg.study.name, "model": cfg.model.name, "weights": cfg.model.weights,
             "data": cfg.data.path, "search_images": evaluator.n_images, "space": OmegaConf.to_yaml(cfg.space),
-            "sampler": cfg.sampler._target_, "hardware": cfg.hardware.name, "n_trials": cfg.study.n_trials,
+            "sampler": cfg.sampler._target_, "hardware": cfg.hardware.energy.name, "accelerator": cfg.hardware.latency.name, "n_trials": cfg.study.n_trials,
             "objectives": ",".join(f"{o.name}:{o.direction}" for o in objectives),
         }
         tracker.open_parent(study, summary)

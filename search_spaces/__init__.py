@@ -1,8 +1,9 @@
 """Search-space definitions: which layers are targeted and which knobs each gets."""
 
 from .decimal_places import decimal_places_space
+from .formats import formats_space
 from .multipliers import multiplier_space
 from .layer_groups import check_layers, resolve_groups
 from .space import EXACT, BoundSpace, Knob, SearchSpace
 
-__all__ = ["EXACT", "BoundSpace", "Knob", "SearchSpace", "decimal_places_space", "multiplier_space", "resolve_groups", "check_layers"]
+__all__ = ["EXACT", "BoundSpace", "Knob", "SearchSpace", "decimal_places_space", "multiplier_space", "formats_space", "resolve_groups", "check_layers"]

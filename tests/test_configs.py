@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 
 from dse.config_paths import CONFIG_DIR
 from dse.cost.energy import EnergyModel
+from dse.cost.latency import LatencyModel
 from dse.search_spaces import SearchSpace
 from dse.study.objectives import parse_objectives
 from dse.study.storage import create_storage
@@ -39,8 +40,10 @@ def test_every_space_instantiates(space: str) -> None:
 
 @pytest.mark.parametrize("hardware", options("hardware"))
 def test_every_hardware_preset_instantiates(hardware: str) -> None:
-    model = instantiate(compose_config([f"hardware={hardware}"]).hardware)
-    assert isinstance(model, EnergyModel) and model.name == hardware
+    cfg = compose_config([f"hardware={hardware}"]).hardware
+    energy, latency = instantiate(cfg.energy), instantiate(cfg.latency)
+    assert isinstance(energy, EnergyModel) and energy.name == hardware and energy.memory_pj_per_64bit["dram"] == 1300.0
+    assert isinstance(latency, LatencyModel) and latency.fp32_mul_pj == energy.fp32_mul_pj
 
 
 @pytest.mark.parametrize("data", options("data"))

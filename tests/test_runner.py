@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dse.candidate import CandidateEvaluator
-from dse.cost.energy import EnergyModel
+from hydra.utils import instantiate
 from dse.evaluation import Evaluator
 from dse.search_spaces import decimal_places_space
 from dse.study.objectives import Objective
@@ -13,6 +13,7 @@ from dse.study.runner import StudyRunner, StudySettings
 from dse.training.cifar10 import CIFAR10DataModule
 from dse.training.models import get_model
 from dse.training.weights import load_weights
+from tests.conftest import compose_config
 
 GROUPS = {"first_conv": r"features\.0\.0", "depthwise": r"features\.(1|3|5)\.0", "pointwise": r"features\.(2|4|6)\.0",
           "classifier": "classifier"}
@@ -23,7 +24,7 @@ def candidates() -> CandidateEvaluator:
     model = load_weights(get_model("tiny_cnn"), "tiny_cnn_cifar10")
     evaluator = Evaluator(CIFAR10DataModule(path="cifar10_test_subset", test_subset=100), timing_repeats=1,
                           calibration_images=40)
-    return CandidateEvaluator(model, evaluator, EnergyModel())
+    return CandidateEvaluator(model, evaluator, instantiate(compose_config([]).hardware.energy))
 
 
 class Broken(CandidateEvaluator):

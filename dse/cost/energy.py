@@ -1,27 +1,26 @@
 """First-order energy model of one inference, per layer, in picojoules.
 
-For a layer with MACs M, weights W (at b_w bits) and activations A_in, A_out
-(at 32 bits, fp32):
+For a layer with MACs M, weights W at b_w bits and activations A_in + A_out at b_a bits:
 
     E = M * (E_mul + E_add) + W * b_w / 64 * E_mem(weights) / batch
-        + (A_in + A_out) * 32 / 64 * E_mem(activations)
+        + (A_in + A_out) * b_a / 64 * E_mem(activations)
 
-- Exact layers are fp32: E_mul = 3.7 pJ, E_add = 0.9 pJ [H14].
-- Weights rounded to d decimals are b_w-bit fixed point (``decimal_bits``)
-  multiplied into fp32 activations: the multiplier's 24x24-bit mantissa array
-  shrinks to 24 x b_w, so E_mul = 3.7 pJ * min(1, b_w / 24). Array-multiplier
-  energy grows with the product of the operand widths: [H14] gives 0.2 pJ for
-  8x8-bit and 3.1 pJ for 32x32-bit integer multiplication (ratio 15.5 ~ 16).
-  Additions stay fp32 (0.9 pJ): the activations are not narrowed.
-- Layers on an approximate multiplier run b-bit integer arithmetic (b = the
-  multiplier's operand width, 8 for every table shipped): E_mul = 0.2 pJ * (b/8)^2
-  (8-bit integer multiply [H14], array energy ~ width^2) times the multiplier's
-  power ratio to the exact circuit of the same width (EvoApprox: PDK45 synthesis;
-  parametric families: the first-order estimate they state), E_add = 0.1 pJ
-  (32-bit integer accumulator [H14]); weights and activations move at b bits.
-- Memory energy per 64-bit access [H14]: SRAM 8 KB 10 pJ, 32 KB 20 pJ, 1 MB 100 pJ;
-  DRAM 1.3-2.6 nJ (1.3 nJ by default, the low end). Weights are read once per
-  batch of ``batch`` images, activations are read and written once per image.
+Operands: a float format with m stored mantissa bits feeds a significand of
+s = m + 1 bits into the multiplier; a b-bit integer (fixed point, a weight rounded
+to d decimal places: ``decimal_bits``, or a multiplier's operand) feeds s = b bits.
+
+- Integer x integer: E_mul = 0.2 pJ * s_w * s_a / 64 (8-bit multiply [H14]; array energy
+  grows with the product of the widths: [H14]'s 32-bit 3.1 pJ / 8-bit 0.2 pJ = 15.5 ~ 16),
+  times the multiplier's power ratio for an approximate circuit (EvoApprox PDK45
+  synthesis, or the first-order estimate the family states); E_add = 0.1 pJ
+  (32-bit integer accumulator [H14]).
+- Any float operand: E_mul = c0 + c1 * s_w * s_a, the line through [H14]'s fp16
+  (1.1 pJ, 11 x 11) and fp32 (3.7 pJ, 24 x 24) multipliers: c1 = 2.6 / 455 pJ,
+  c0 = 0.41 pJ (exponent logic and normalisation that do not shrink with the
+  significand). E_add = 0.9 pJ: dse accumulates in fp32 (so does its emulation).
+- Memory per 64-bit access [H14]: SRAM 8 KB 10 pJ, 32 KB 20 pJ, 1 MB 100 pJ; DRAM
+  1.3-2.6 nJ (1.3 nJ by default). Weights are read once per batch of ``batch``
+  images; activations are read and written once per image, both at b_a bits.
 
 [H14] M. Horowitz, "Computing's energy problem (and what we can do about it)",
 ISSCC 2014, 45 nm, 0.9 V. Presets: ``conf/hardware/*.yaml``.
@@ -29,10 +28,10 @@ ISSCC 2014, 45 nm, 0.9 V. Presets: ``conf/hardware/*.yaml``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch.nn as nn
 
@@ -41,11 +40,21 @@ from dse.cost.macs import LayerShape
 from dse.exceptions import ConfigError
 from dse.multipliers import Multiplier, get_multiplier
 from dse.numerics.decimal_places import decimal_bits
+from dse.numerics.formats import FixedPoint, MiniFloat, parse_format
 
-__all__ = ["EnergyModel", "LayerEnergy"]
+__all__ = ["EnergyModel", "LayerEnergy", "Operand", "FP32"]
 
-_FP32_BITS = 32
-_FP32_MANTISSA_BITS = 24  # 23 stored + the implicit leading one
+
+@dataclass(frozen=True)
+class Operand:
+    """How one multiplier input is represented: float or integer, stored and significand widths."""
+
+    kind: Literal["float", "int"]
+    bits: int
+    significand: int
+
+
+FP32 = Operand("float", 32, 24)
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,12 @@ class LayerEnergy:
 
     name: str
     weight_bits: int
+    activation_bits: int
     multiply_pj: float
     add_pj: float
     weight_memory_pj: float
     activation_memory_pj: float
+    multiplier_delay_ns: float | None = None
 
     @property
     def total_pj(self) -> float:
@@ -66,33 +77,39 @@ class LayerEnergy:
 
 @dataclass(frozen=True)
 class EnergyModel:
-    """Energy constants of a technology, and the formula above.
+    """Energy constants of a technology, and the formula above. Every constant is required.
 
     Args:
         name: preset name, logged with every trial.
-        fp32_mul_pj: fp32 multiplication [H14: 3.7 pJ].
+        fp32_mul_pj, fp16_mul_pj: float multiplications [H14: 3.7, 1.1 pJ].
         fp32_add_pj: fp32 addition [H14: 0.9 pJ].
         int8_mul_pj: 8-bit integer multiplication [H14: 0.2 pJ].
-        int32_add_pj: 32-bit integer addition, the accumulator of integer layers [H14: 0.1 pJ].
+        int32_add_pj: 32-bit integer addition [H14: 0.1 pJ].
         memory_pj_per_64bit: energy of one 64-bit access per memory level [H14].
         weight_memory: level the weights are read from.
         activation_memory: level activations are read from and written to.
         batch: images that share one read of the weights.
     """
 
-    name: str = "horowitz_45nm"
-    fp32_mul_pj: float = 3.7
-    fp32_add_pj: float = 0.9
-    int8_mul_pj: float = 0.2
-    int32_add_pj: float = 0.1
-    memory_pj_per_64bit: Mapping[str, float] = field(
-        default_factory=lambda: {"sram_8kb": 10.0, "sram_32kb": 20.0, "sram_1mb": 100.0, "dram": 1300.0}
-    )
-    weight_memory: str = "dram"
-    activation_memory: str = "sram_1mb"
+    name: str | None = None
+    fp32_mul_pj: float | None = None
+    fp16_mul_pj: float | None = None
+    fp32_add_pj: float | None = None
+    int8_mul_pj: float | None = None
+    int32_add_pj: float | None = None
+    memory_pj_per_64bit: Mapping[str, float] | None = None
+    weight_memory: str | None = None
+    activation_memory: str | None = None
     batch: int = 1
 
     def __post_init__(self) -> None:
+        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        if missing:
+            raise ConfigError(
+                f"Hardware preset {self.name!r} lacks {missing}; every constant of dse/cost/energy.py must be given "
+                "(see conf/hardware/horowitz_45nm.yaml for a complete preset with sources)."
+            )
+        assert self.memory_pj_per_64bit is not None
         for role in ("weight_memory", "activation_memory"):
             level = getattr(self, role)
             if level not in self.memory_pj_per_64bit:
@@ -104,34 +121,74 @@ class EnergyModel:
         if self.batch < 1:
             raise ConfigError(f"Hardware preset {self.name!r}: batch must be >= 1, got {self.batch}.")
 
+    # -- operands ---------------------------------------------------------------------
+    @staticmethod
+    def _format_operand(name: str) -> Operand:
+        fmt = parse_format(name)
+        if isinstance(fmt, MiniFloat):
+            return Operand("float", fmt.bits, fmt.man_bits + 1)
+        if isinstance(fmt, FixedPoint):
+            return Operand("int", fmt.bits, fmt.bits)
+        return FP32
+
+    def weight_operand(self, module: nn.Module, config: LayerConfig) -> Operand:
+        if config.multiplier is not None:
+            bits = get_multiplier(config.multiplier).bits
+            return Operand("int", bits, bits)
+        if config.weight_format is not None:
+            return self._format_operand(config.weight_format)
+        if config.decimals is not None:
+            bits = decimal_bits(float(module.weight.detach().abs().max()), config.decimals)
+            return Operand("int", bits, min(bits, FP32.significand) if bits >= FP32.bits else bits)
+        return FP32
+
+    def activation_operand(self, config: LayerConfig) -> Operand:
+        if config.multiplier is not None:
+            bits = get_multiplier(config.multiplier).bits
+            return Operand("int", bits, bits)
+        if config.activation_format is not None:
+            return self._format_operand(config.activation_format)
+        return FP32
+
     def weight_bits(self, module: nn.Module, config: LayerConfig) -> int:
         """Storage width of a layer's weights under ``config``."""
-        if config.multiplier is not None:
-            return get_multiplier(config.multiplier).bits
-        if config.decimals is None:
-            return _FP32_BITS
-        return decimal_bits(float(module.weight.detach().abs().max()), config.decimals)
+        return self.weight_operand(module, config).bits
 
-    def layer_energy(self, shape: LayerShape, weight_bits: int, multiplier: Multiplier | None = None) -> LayerEnergy:
-        if multiplier is None:
-            mul = self.fp32_mul_pj * min(1.0, weight_bits / _FP32_MANTISSA_BITS)
-            add, act_bits = self.fp32_add_pj, _FP32_BITS
-        else:
-            ratio = multiplier.power_ratio
-            if ratio is None:
-                warnings.warn(f"Multiplier {multiplier.name!r} has no power figure; its energy is taken as exact.", stacklevel=2)
-                ratio = 1.0
-            mul = self.int8_mul_pj * (multiplier.bits / 8) ** 2 * ratio
-            add, act_bits = self.int32_add_pj, multiplier.bits
+    # -- per MAC ----------------------------------------------------------------------
+    def multiply_pj(self, w: Operand, a: Operand, multiplier: Multiplier | None = None) -> float:
+        assert self.int8_mul_pj is not None and self.fp16_mul_pj is not None and self.fp32_mul_pj is not None
+        if w.kind == "int" and a.kind == "int":
+            energy = self.int8_mul_pj * w.significand * a.significand / 64
+            if multiplier is not None:
+                ratio = multiplier.power_ratio
+                if ratio is None:
+                    warnings.warn(f"Multiplier {multiplier.name!r} has no power figure; its energy is taken as exact.",
+                                  stacklevel=2)
+                    ratio = 1.0
+                energy *= ratio
+            return energy
+        c1 = (self.fp32_mul_pj - self.fp16_mul_pj) / (24 * 24 - 11 * 11)
+        c0 = self.fp16_mul_pj - c1 * 11 * 11
+        return c0 + c1 * min(w.significand, 24) * min(a.significand, 24)
+
+    def add_pj(self, w: Operand, a: Operand) -> float:
+        assert self.int32_add_pj is not None and self.fp32_add_pj is not None
+        return self.int32_add_pj if w.kind == "int" and a.kind == "int" else self.fp32_add_pj
+
+    # -- per layer --------------------------------------------------------------------
+    def layer_energy(self, shape: LayerShape, w: Operand, a: Operand, multiplier: Multiplier | None = None) -> LayerEnergy:
+        assert self.memory_pj_per_64bit is not None and self.weight_memory and self.activation_memory
         weight_mem = self.memory_pj_per_64bit[self.weight_memory]
         act_mem = self.memory_pj_per_64bit[self.activation_memory]
         return LayerEnergy(
             name=shape.name,
-            weight_bits=weight_bits,
-            multiply_pj=shape.macs * mul,
-            add_pj=shape.macs * add,
-            weight_memory_pj=shape.weight_numel * weight_bits / 64 * weight_mem / self.batch,
-            activation_memory_pj=(shape.input_numel + shape.output_numel) * act_bits / 64 * act_mem,
+            weight_bits=w.bits,
+            activation_bits=a.bits,
+            multiply_pj=shape.macs * self.multiply_pj(w, a, multiplier),
+            add_pj=shape.macs * self.add_pj(w, a),
+            weight_memory_pj=shape.weight_numel * w.bits / 64 * weight_mem / self.batch,
+            activation_memory_pj=(shape.input_numel + shape.output_numel) * a.bits / 64 * act_mem,
+            multiplier_delay_ns=multiplier.delay_ns if multiplier is not None else None,
         )
 
     def estimate(
@@ -143,5 +200,6 @@ class EnergyModel:
         for name, shape in shapes.items():
             config = assignment.get(name, LayerConfig())
             multiplier = get_multiplier(config.multiplier) if config.multiplier else None
-            result[name] = self.layer_energy(shape, self.weight_bits(layers[name], config), multiplier)
+            w, a = self.weight_operand(layers[name], config), self.activation_operand(config)
+            result[name] = self.layer_energy(shape, w, a, multiplier)
         return result

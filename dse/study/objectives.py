@@ -18,6 +18,7 @@ TRIAL_METRICS: Mapping[str, str] = {
     "inference_time_s": "measured wall-clock seconds of one pass over the search set (median)",
     "ms_per_image": "measured wall-clock milliseconds per image (median pass / images)",
     "mean_weight_bits": "MAC-weighted mean weight width of the Conv2d/Linear layers, bits",
+    "modeled_latency_us": "first-order accelerator latency per inference, microseconds (dse.cost.latency)",
 }
 
 

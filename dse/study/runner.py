@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
@@ -211,3 +212,14 @@ class StudyRunner:
         if self.tracker is not None:
             plots = final or done % self.settings.plot_every == 0 or done >= self._budget
             self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots)
+            if plots and self.tracker.parent_run_id is not None and self.study.best_trials:
+                self.tracker.log_table(self.tracker.parent_run_id, self.front_layers(), "pareto_layers.csv", "pareto")
+
+    def front_layers(self) -> pd.DataFrame:
+        """Per-layer cost breakdown (energy, latency, widths) of every Pareto trial, from the cost models alone."""
+        tables = []
+        for t in self.study.best_trials:
+            table = self.candidates.cost_table(self.candidates.model, self.space.assignment(t.params))
+            table.insert(0, "trial", t.number)
+            tables.append(table)
+        return pd.concat(tables, ignore_index=True)

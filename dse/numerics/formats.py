@@ -1,0 +1,193 @@
+"""Number formats for weights and activations, as value objects that round tensors.
+
+A format maps float32 values to the nearest value it can represent (emulation
+by "fake quantization", as QPyTorch does): the products of a layer are then
+exact products of representable values, accumulated in float32.
+
+- :class:`MiniFloat` ``eXmY``: IEEE-754-like, X exponent bits (bias 2^(X-1) - 1),
+  Y stored mantissa bits, round to nearest with ties to even, subnormals (or
+  flush-to-zero), the all-ones exponent reserved for inf/NaN. Overflow either
+  saturates to the largest finite value (default) or goes to +-inf. NaN stays NaN.
+  ``bf16`` = e8m7, ``fp16`` = e5m10, ``fp32`` = identity.
+- :class:`FixedPoint` ``int<b>``/``uint<b>``: b-bit integers times a scale, symmetric
+  (signed) or affine (unsigned); weights per output channel or per tensor,
+  activations per tensor over a calibrated range.
+- Decimal places are :mod:`dse.numerics.decimal_places`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from dse.exceptions import ConfigError
+
+from .quantization import activation_qparams, quantize, weight_qparams
+
+__all__ = ["NumberFormat", "MiniFloat", "FixedPoint", "Float32", "parse_format", "FORMAT_EXAMPLES"]
+
+FORMAT_EXAMPLES = "fp32, fp16, bf16, e4m3, e5m2, e<E>m<M>, int8, int4, uint8, int<b>"
+
+
+class NumberFormat:
+    """Base of every format: a name, a storage width, and rounding."""
+
+    name: str
+    bits: int
+
+    def round_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """Nearest representable weights (per output channel where the format scales)."""
+        raise NotImplementedError
+
+    def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        """Nearest representable activations; [lo, hi] is the calibrated range (used by scaled formats)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Float32(NumberFormat):
+    name: str = "fp32"
+    bits: int = 32
+
+    def round_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return x
+
+
+@dataclass(frozen=True)
+class MiniFloat(NumberFormat):
+    """IEEE-like float with ``exp_bits`` exponent and ``man_bits`` stored mantissa bits.
+
+    >>> e4m3 = MiniFloat(4, 3)
+    >>> e4m3.max_finite, e4m3.min_normal, e4m3.min_subnormal
+    (240.0, 0.015625, 0.001953125)
+    >>> e4m3.round(torch.tensor([0.3, 1.0625, 1.1875, 300.0, -1e-4])).tolist()
+    [0.3125, 1.0, 1.25, 240.0, -0.0]
+    """
+
+    exp_bits: int = 4
+    man_bits: int = 3
+    subnormals: bool = True
+    saturate: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.exp_bits <= 8 or not 0 <= self.man_bits <= 23:
+            raise ConfigError(
+                f"Minifloat e{self.exp_bits}m{self.man_bits} cannot be emulated in float32: exponent bits must be 2..8 "
+                "and mantissa bits 0..23."
+            )
+        if not self.name:
+            object.__setattr__(self, "name", f"e{self.exp_bits}m{self.man_bits}")
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return 1 + self.exp_bits + self.man_bits
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exp_bits - 1) - 1
+
+    @property
+    def emax(self) -> int:
+        return 2**self.exp_bits - 2 - self.bias  # all-ones exponent is inf/NaN
+
+    @property
+    def emin(self) -> int:
+        return 1 - self.bias
+
+    @property
+    def max_finite(self) -> float:
+        return (2 - 2.0 ** -self.man_bits) * 2.0**self.emax
+
+    @property
+    def min_normal(self) -> float:
+        return 2.0**self.emin
+
+    @property
+    def min_subnormal(self) -> float:
+        return 2.0 ** (self.emin - self.man_bits)
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        """Round to nearest representable value, ties to even (computed exactly in float64)."""
+        a = x.double()
+        mag = a.abs()
+        exponent = torch.floor(torch.log2(torch.where(mag > 0, mag, torch.ones_like(mag))))
+        # float64 log2 can be off by one just below a power of two: correct it
+        exponent = torch.where(torch.exp2(exponent) > mag, exponent - 1, exponent)
+        exponent = torch.where(torch.exp2(exponent + 1) <= mag, exponent + 1, exponent)
+        exponent = torch.clamp(exponent, min=self.emin)  # subnormal binade shares emin's quantum
+        quantum = torch.exp2(exponent - self.man_bits)
+        rounded = torch.round(mag / quantum) * quantum  # torch.round: ties to even
+        if not self.subnormals:
+            rounded = torch.where(rounded < self.min_normal, torch.zeros_like(rounded), rounded)
+        overflow = rounded > self.max_finite
+        rounded = torch.where(overflow, torch.full_like(rounded, self.max_finite if self.saturate else math.inf), rounded)
+        rounded = torch.where(torch.isinf(mag), mag if not self.saturate else torch.full_like(mag, self.max_finite), rounded)
+        out = torch.copysign(rounded, a)
+        return torch.where(torch.isnan(a), a, out).to(x.dtype)
+
+    def round_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return self.round(w)
+
+    def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return self.round(x)
+
+
+@dataclass(frozen=True)
+class FixedPoint(NumberFormat):
+    """b-bit integer values times a scale: ``int<b>`` symmetric, ``uint<b>`` affine.
+
+    Scale 0.7 / 7 = 0.1; -0.35 / 0.1 = -3.5 is a tie and goes to even (-4):
+
+    >>> FixedPoint(4).round_weight(torch.tensor([[0.7, -0.35, 0.1]])).tolist()
+    [[0.699999988079071, -0.4000000059604645, 0.10000000149011612]]
+    """
+
+    bits: int = 8
+    signed: bool = True
+    per_channel: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 24:
+            raise ConfigError(f"Fixed-point width must be 2..24 bits (exact in float32), got {self.bits}.")
+        if not self.name:
+            object.__setattr__(self, "name", f"{'int' if self.signed else 'uint'}{self.bits}")
+
+    def round_weight(self, w: torch.Tensor) -> torch.Tensor:
+        p = weight_qparams(w, self.bits, self.signed, self.per_channel)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        scale, zero = p.scale.view(shape).to(w.device), p.zero_point.view(shape).to(w.device)
+        return ((quantize(w.detach().float(), scale, zero, self.bits, self.signed) - zero) * scale).to(w.dtype)
+
+    def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        p = activation_qparams(lo, hi, self.bits, self.signed)
+        scale, zero = p.scale.to(x.device), p.zero_point.to(x.device)
+        return ((quantize(x, scale, zero, self.bits, self.signed) - zero) * scale).to(x.dtype)
+
+
+_MINIFLOAT = re.compile(r"e(\d+)m(\d+)(_ftz)?(_inf)?")
+_FIXED = re.compile(r"(u?)int(\d+)(_pt)?")
+
+
+def parse_format(name: str) -> NumberFormat:
+    """``fp32``, ``fp16``, ``bf16``, ``e<E>m<M>[_ftz][_inf]`` or ``[u]int<b>[_pt]`` (per tensor) -> a format."""
+    if name == "fp32":
+        return Float32()
+    if name == "fp16":
+        return MiniFloat(5, 10, name="fp16")
+    if name == "bf16":
+        return MiniFloat(8, 7, name="bf16")
+    m = _MINIFLOAT.fullmatch(name)
+    if m:
+        return MiniFloat(int(m.group(1)), int(m.group(2)), subnormals=not m.group(3), saturate=not m.group(4), name=name)
+    m = _FIXED.fullmatch(name)
+    if m:
+        return FixedPoint(int(m.group(2)), signed=not m.group(1), per_channel=not m.group(3), name=name)
+    raise ConfigError(f"Unknown number format {name!r}; use one of {FORMAT_EXAMPLES}.")
