@@ -7,21 +7,20 @@ what tests and other tools call.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import hydra
 import optuna
 import pandas as pd
 import torch.nn as nn
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dse.candidate import CandidateEvaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation import Evaluator
-from dse.exceptions import ConfigError, DataError, DSEError
+from dse.cli import run_command
+from dse.exceptions import ConfigError, DataError
 from dse.search_spaces import BoundSpace, SearchSpace
 from dse.study.objectives import Objective, parse_objectives
 from dse.study.runner import StudyRunner, StudySettings, count_complete
@@ -183,28 +182,9 @@ def run_search(cfg: DictConfig) -> SearchResult:
     return SearchResult(study, front, tracker.parent_run_id if tracker else None)
 
 
-def _quiet_third_party_logs() -> None:
-    """Trainer banners and per-trial Optuna lines would bury dse's own progress."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch 2.14, once per Trainer
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    _quiet_third_party_logs()
-    try:
-        run_search(cfg)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, DSEError):
-            _logger.error("%s", cause)
-            raise SystemExit(2) from None
-        raise
-    except DSEError as exc:
-        _logger.error("%s", exc)
-        raise SystemExit(2) from None
+    run_command(run_search, cfg)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from dse.assignment import LayerConfig
 from dse.candidate import CandidateEvaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation import Evaluator
-from dse.exceptions import ConfigError, DSEError
-from dse.search import _quiet_third_party_logs, build_model
+from dse.cli import run_command
+from dse.exceptions import ConfigError
+from dse.search import build_model
 from dse.search_spaces import resolve_groups
 from dse.tracking.mlflow_tracker import MlflowTracker
 
@@ -106,12 +107,7 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    _quiet_third_party_logs()
-    try:
-        run_sensitivity(cfg)
-    except DSEError as exc:
-        _logger.error("%s", exc)
-        raise SystemExit(2) from None
+    run_command(run_sensitivity, cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
 from dse.training.classifier import ImageClassifier
 from dse.training.weights import save_weights
@@ -58,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    run_command(train, cfg, quiet=False)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -121,15 +120,9 @@ class _Emulated:
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)  # type: ignore[misc]
 
     # -- operands -----------------------------------------------------------------------
-    def _quantize_input(self, x: torch.Tensor, zero: float, scale: float) -> torch.Tensor:
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            warnings.warn(f"Layer {self.layer_name!r}: {bad} non-finite input values; NaN is quantized to the zero point.",
-                          RuntimeWarning, stacklevel=3)
-            x = torch.nan_to_num(x, nan=0.0)
-        s = torch.tensor(scale, dtype=x.dtype, device=x.device)
-        z = torch.tensor(zero, dtype=x.dtype, device=x.device)
-        return quantize(x, s, z, self.bits, self.signed)
+    def _quantize_input(self, x: torch.Tensor, zero: float, scale: float, offset: float = 0.0) -> torch.Tensor:
+        """Integer-valued activations (+ ``offset``); NaN goes to the zero point, +-inf saturate."""
+        return quantize(x, torch.tensor(scale, dtype=x.dtype, device=x.device), zero, self.bits, self.signed, offset)
 
     def _index(self, q: torch.Tensor) -> torch.Tensor:
         """Table index of integer-valued operands: the bit pattern (two's complement if signed)."""
@@ -214,7 +207,7 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         w = self._weights()
         ph, pw = self.padding  # type: ignore[misc]
         if self._fused is not None:
-            idx = self._fused.index(self._quantize_input(x, zero, scale))
+            idx = self._quantize_input(x, zero, scale, self._fused.offset).to(torch.int32)
             padding = self.padding
             if (ph or pw) and not self._fused.zero_row_is_zero:  # the zero operand's row must be padded in
                 idx, padding = F.pad(idx, (pw, pw, ph, ph), value=self._fused.offset), (0, 0)
@@ -262,7 +255,7 @@ class ApproxLinear(_Emulated, nn.Linear):
         lead = x.shape[:-1]
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
         if self._fused is not None:
-            acc = self._fused.linear(self._fused.index(xq), w["w_stack"])
+            acc = self._fused.linear(xq.add_(self._fused.offset).to(torch.int32), w["w_stack"])
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         if self.path == "reference":
             acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))

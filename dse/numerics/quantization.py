@@ -68,8 +68,16 @@ def activation_qparams(lo: float, hi: float, bits: int, signed: bool) -> QuantPa
     return QuantParams(scale, zero, bits, signed)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Integer-valued float tensor ``clamp(round(x / scale) + zero_point)`` (exact below 2^24)."""
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, bits: int, signed: bool, offset: float = 0.0
+) -> torch.Tensor:
+    """Integer-valued float tensor ``clamp(round(x / scale) + zero_point) + offset`` (exact below 2^24).
+
+    NaN is quantized as 0 (to the zero point) and +-inf saturate, so a diverging
+    model gives a (bad) result instead of a crash. ``offset`` shifts the result in the
+    same pass (table row indices); every step is exact integer arithmetic in float.
+    """
     lo, hi = qrange(bits, signed)
-    q = x / scale  # one new tensor; the rest in place (same values as the out-of-place chain)
-    return q.round_().add_(zero_point).clamp_(lo, hi)
+    q = x / scale  # one new tensor; the rest in place
+    q.nan_to_num_(nan=0.0).round_().add_(zero_point + offset)
+    return q.clamp_(lo + offset, hi + offset)
