@@ -176,6 +176,10 @@ class FusedSeparable:
         self.max_term = separable.max_exact_term + separable.max_error_term
         self.zero_row_is_zero = bool(np.all(act[self.offset] == 0))  # value 0 -> zero padding is exact
 
+    def to(self, device: torch.device) -> FusedSeparable:
+        self.act_rows, self.wgt_rows = self.act_rows.to(device), self.wgt_rows.to(device)
+        return self
+
     def fits(self, terms_per_output: int) -> bool:
         return terms_per_output * self.max_term < 2**24
 

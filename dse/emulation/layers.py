@@ -86,6 +86,19 @@ class _Emulated:
         self._cache: dict[str, Any] = {}
         self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))  # type: ignore[attr-defined]
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """``.to(device)`` moves the lookup tables too, keeping their dtypes (they must stay exact)."""
+        result = super()._apply(fn, recurse)  # type: ignore[misc]
+        device = self.weight.device
+        self._lut = self._lut.to(device)
+        if self._separable is not None:
+            self._separable.to(device)
+        if self._fused is not None:
+            self._fused.to(device)
+        if self._tables is not None:
+            self._tables.lut = self._tables.lut.to(device)
+        return result
+
     # -- calibration ------------------------------------------------------------------
     @property
     def calibrated(self) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,6 +129,7 @@ class StudyRunner:
         assignment = self.space.assignment(params)
         key = assignment_key(assignment)
         trial.set_user_attr(_KEY_ATTR, key)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         duplicate = self._duplicate_of(key, trial.number)
         if duplicate is not None:
             trial.set_user_attr("duplicate_of", duplicate)

@@ -11,6 +11,8 @@ has no heartbeat: a killed trial stays RUNNING there.
 from __future__ import annotations
 
 import logging
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -62,14 +64,30 @@ def create_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": retry,
         }
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; dse relies on them
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except ImportError as exc:
-        raise ConfigError(f"The driver for {url.split(':')[0]!r} is missing ({exc}); pip install 'dse[postgres]'.") from exc
-    except Exception as exc:  # sqlalchemy OperationalError and friends
-        raise ConfigError(f"Cannot open the study storage {describe_storage(url)!r}: {exc}") from exc
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; dse relies on them
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except ImportError as exc:
+            raise ConfigError(f"The driver for {url.split(':')[0]!r} is missing ({exc}); pip install 'dse[postgres]'.") from exc
+        except Exception as exc:  # sqlalchemy OperationalError and friends
+            # Workers started together race to create Optuna's tables; PostgreSQL's CREATE TABLE
+            # IF NOT EXISTS is not atomic, so the loser sees a duplicate key. The tables exist now.
+            if _is_creation_race(exc) and attempt + 1 < _CREATE_ATTEMPTS:
+                _logger.info("Another worker is creating the study tables; retrying (%s)", type(exc).__name__)
+                time.sleep(0.5 + random.random())
+                continue
+            raise ConfigError(f"Cannot open the study storage {describe_storage(url)!r}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+_CREATE_ATTEMPTS = 5
+
+
+def _is_creation_race(exc: Exception) -> bool:
+    text = str(exc)
+    return "UniqueViolation" in text or "already exists" in text or "DuplicateTable" in text
 
 
 def describe_storage(url: str) -> str:

@@ -9,11 +9,14 @@ Everything goes through :class:`mlflow.MlflowClient`: no process-global active r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 from pathlib import Path
 
 import mlflow
@@ -27,8 +30,41 @@ from dse.study.objectives import Objective
 __all__ = ["MlflowTracker"]
 
 _logger = logging.getLogger(__name__)
+T = TypeVar("T")
 _PARENT_ATTR = "mlflow_parent_run_id"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive inter-process lock beside a local SQLite store (no-op for servers)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent first starts are then the user's to avoid
+        yield
+        return
+    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _retry(fn: Callable[[], T], message: str, attempts: int = 5) -> T:
+    """``fn()``, retried after a short random wait: concurrent workers race on a fresh store."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt + 1 == attempts:
+                raise ConfigError(f"{message}: {exc}") from exc
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def _chunks(items: list, size: int = 100) -> list[list]:
@@ -48,32 +84,28 @@ class MlflowTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        self.client = mlflow.MlflowClient(tracking_uri)
-        try:
+        location = artifact_location
+        if artifact_location and "://" not in artifact_location:
+            location = Path(artifact_location).resolve().as_uri()
+
+        def experiment_id() -> str:
+            self.client = mlflow.MlflowClient(tracking_uri)  # creates (migrates) the store's tables
             found = self.client.get_experiment_by_name(experiment)
-        except Exception as exc:
-            raise ConfigError(f"Cannot reach the MLflow tracking store {tracking_uri!r}: {exc}") from exc
-        if found is None:
-            location = None
-            if artifact_location and "://" not in artifact_location:
-                location = Path(artifact_location).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location or artifact_location)
-        else:
-            self.experiment_id = found.experiment_id
+            if found is not None:
+                return found.experiment_id
+            return self.client.create_experiment(experiment, artifact_location=location)
+
+        self.client: mlflow.MlflowClient
+        # Workers started together race to create the store's tables and the experiment:
+        # migrations of one SQLite file must not run twice at once (they corrupt the schema).
+        with _store_lock(tracking_uri):
+            self.experiment_id = _retry(experiment_id, f"Cannot reach the MLflow tracking store {tracking_uri!r}")
         self.parent_run_id: str | None = None
 
     # -- parent run -------------------------------------------------------------------
     def open_parent(self, study: optuna.Study, params: Mapping[str, object]) -> str:
         """Create the study's parent run, or re-open the one recorded in the study."""
-        run_id = study.user_attrs.get(_PARENT_ATTR)
-        if run_id is None:
-            existing = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.dse_study = '{study.study_name}' and tags.dse_role = 'parent'",
-                order_by=["attributes.start_time ASC"],
-                max_results=1,
-            )
-            run_id = existing[0].info.run_id if existing else None
+        run_id = study.user_attrs.get(_PARENT_ATTR) or self._earliest_parent(study.study_name)
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
@@ -88,11 +120,27 @@ class MlflowTracker:
                 tags={"dse_study": study.study_name, "dse_role": "parent"},
             )
             run_id = run.info.run_id
-            self._log_params(run_id, params)
-            _logger.info("Created MLflow parent run %s", run_id)
+            # Another worker may have created one at the same moment: the earliest wins, the rest step aside.
+            winner = self._earliest_parent(study.study_name)
+            if winner is not None and winner != run_id:
+                self.client.delete_run(run_id)
+                run_id = winner
+                _logger.info("Joined MLflow parent run %s created by another worker", run_id)
+            else:
+                self._log_params(run_id, params)
+                _logger.info("Created MLflow parent run %s", run_id)
         study.set_user_attr(_PARENT_ATTR, run_id)
         self.parent_run_id = run_id
         return run_id
+
+    def _earliest_parent(self, study_name: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.dse_study = '{study_name}' and tags.dse_role = 'parent'",
+            max_results=1000,
+        )
+        if not runs:
+            return None
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 
     def close_parent(self, status: str = "FINISHED") -> None:
         if self.parent_run_id is not None:
