@@ -47,7 +47,9 @@ def create_storage(
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if str(path) != ":memory:":
+            path = path.resolve()  # relative to the working directory now, not whenever it is next used
             path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
     elif "://" not in url:
         raise ConfigError(
             f"Storage URL {url!r} is not a database URL. Use sqlite:///mlruns/optuna.db, "

@@ -82,7 +82,10 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            # absolute: MLflow caches stores by URI, so a relative one would stick to the first directory
+            path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{path}"
         self.tracking_uri = tracking_uri
         location = artifact_location
         if artifact_location and "://" not in artifact_location:
