@@ -166,3 +166,17 @@ def test_non_finite_activations_do_not_crash() -> None:
     clean = x.clone()
     clean[0, 0, 0, 0], clean[0, 1, 1, 1] = 0.0, 1.0  # NaN -> the zero point, +inf -> the top of the range
     assert torch.equal(out, layer(clean))
+
+
+@pytest.mark.parametrize("multiplier", ["mul8s_1L2N", "mul8s_1L2J", "exact_s8"])
+def test_wide_pointwise_conv_is_chunked_exactly(multiplier: str) -> None:
+    """Cin = 512: the fused path must split its sum (1L2N's factors allow only ~70 channels per chunk)."""
+    gen = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(512, 4, 1)
+    x = torch.randn(2, 512, 5, 5, generator=gen).abs() * 4  # large, one-sided inputs: worst case for the bound
+    outs = []
+    for path in ("reference", "separable"):
+        layer = approximate_layer(conv, multiplier, path=path)
+        layer.set_activation_range(0.0, float(x.max()))
+        outs.append(layer(x))
+    assert torch.equal(outs[0], outs[1])

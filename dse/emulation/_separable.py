@@ -181,7 +181,13 @@ class FusedSeparable:
         return self
 
     def fits(self, terms_per_output: int) -> bool:
-        return terms_per_output * self.max_term < 2**24
+        """One kernel tap of one channel must be exact on its own (then chunks can cover any K)."""
+        return terms_per_output * self.max_term < 2**24 or 25 * self.max_term < 2**24
+
+    def _channel_chunks(self, channels: int, taps: int) -> list[tuple[int, int]]:
+        """Input-channel ranges whose sums stay exact in float32."""
+        per_chunk = max(1, int((2**24 - 1) // (taps * self.max_term)))
+        return [(lo, min(channels, lo + per_chunk)) for lo in range(0, channels, per_chunk)]
 
     def index(self, q: torch.Tensor) -> torch.Tensor:
         """int32 row index of integer-valued operands ``q`` (``q`` is consumed: shifted in place)."""
@@ -213,8 +219,24 @@ class FusedSeparable:
             h, w = y.shape[-2:]
             y = y.permute(0, 2, 3, 1).reshape(n, h, w, c, self.ranks, m).sum(dim=4)
             return y.reshape(n, h, w, out_channels).permute(0, 3, 1, 2)
-        return F.conv2d(x, w_stack, None, stride, padding, dilation, groups)
+        cg = w_stack.shape[1] // self.ranks
+        chunks = self._channel_chunks(cg, w_stack.shape[-2] * w_stack.shape[-1])
+        if len(chunks) == 1:
+            return F.conv2d(x, w_stack, None, stride, padding, dilation, groups)
+        if groups != 1:  # grouped with huge groups: exact in float64
+            return F.conv2d(x.double(), w_stack.double(), None, stride, padding, dilation, groups)
+        r = self.ranks
+        out = None
+        for lo, hi in chunks:  # whole channels: their R factors are adjacent (channel-major)
+            part = F.conv2d(x[:, lo * r : hi * r], w_stack[:, lo * r : hi * r], None, stride, padding, dilation).double()
+            out = part if out is None else out.add_(part)
+        assert out is not None
+        return out
 
     def linear(self, idx: torch.Tensor, w_stack: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(idx, self.act_rows.to(idx.device))  # (N, K, R)
-        return F.linear(rows.reshape(idx.shape[0], -1), w_stack)
+        rows = F.embedding(idx, self.act_rows.to(idx.device)).reshape(idx.shape[0], -1)  # (N, K*R)
+        chunks = self._channel_chunks(idx.shape[1], 1)
+        if len(chunks) == 1:
+            return F.linear(rows, w_stack)
+        r = self.ranks
+        return sum(F.linear(rows[:, lo * r : hi * r], w_stack[:, lo * r : hi * r]).double() for lo, hi in chunks)  # type: ignore[return-value]
