@@ -17,7 +17,7 @@ from typing import Any, Literal
 import optuna
 import torch.nn as nn
 
-from dse.assignment import Assignment, LayerConfig
+from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError
 
 from .layer_groups import check_layers, resolve_groups

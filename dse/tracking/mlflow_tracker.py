@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
 from dse.study.objectives import Objective
