@@ -1,0 +1,20 @@
+"""The checkpoints that ship with dse are the trained models their model card describes."""
+
+import pytest
+
+from dse.evaluation import Evaluator
+from dse.training.cifar10 import CIFAR10DataModule
+from dse.training.models import get_model
+from dse.training.weights import list_weights, load_weights
+
+
+@pytest.mark.parametrize(("name", "builder", "card_accuracy"), [
+    ("mobilenet_v2_cifar10", "mobilenet_v2_cifar", 0.8760),
+    ("tiny_cnn_cifar10", "tiny_cnn", 0.7250),
+])
+def test_shipped_checkpoint_reproduces_its_model_card(name: str, builder: str, card_accuracy: float) -> None:
+    """Top-1 on the shipped 2,000-image subset, as stated in training/assets/MODEL_CARD.md."""
+    assert name in list_weights()
+    model = load_weights(get_model(builder), name)
+    evaluator = Evaluator(CIFAR10DataModule(path="cifar10_test_subset"), timing_repeats=1)
+    assert evaluator.accuracy(model).acc_top1 == pytest.approx(card_accuracy, abs=0.0015)  # 3 images of 2,000
