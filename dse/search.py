@@ -21,7 +21,7 @@ from dse.config_paths import CONFIG_DIR
 from dse.evaluation import Evaluator
 from dse.cli import run_command
 from dse.exceptions import ConfigError, DataError
-from dse.search_spaces import BoundSpace, SearchSpace
+from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.study.objectives import Objective, parse_objectives
 from dse.study.runner import StudyRunner, StudySettings, count_complete
 from dse.study.storage import create_storage, describe_storage
@@ -70,15 +70,24 @@ def open_study(cfg: DictConfig, objectives: list[Objective], space: BoundSpace) 
         load_if_exists=True,
     )
     names = [o.name for o in objectives]
+    # Optuna rejects a parameter whose choices change within a study, so check both up front.
+    choices = {name: [str(c) for c in values] for name, values in space.grid().items()}
     stored = study.user_attrs.get("objectives")
     if stored is None:
         study.set_user_attr("objectives", names)
         study.set_user_attr("space_params", sorted(space.params))
+        study.set_user_attr("space_choices", choices)
     elif stored != names or study.user_attrs.get("space_params") != sorted(space.params):
         raise ConfigError(
             f"Study {cfg.study.name!r} in {describe_storage(cfg.storage.url)} was created with objectives {stored} and "
             f"parameters {study.user_attrs.get('space_params')}; this run asks for {names} and {sorted(space.params)}. "
             "Resume it with its original config, or pick a new study.name."
+        )
+    elif study.user_attrs.get("space_choices", choices) != choices:
+        changed = sorted(n for n in choices if study.user_attrs["space_choices"].get(n) != choices[n])
+        raise ConfigError(
+            f"Study {cfg.study.name!r} was created with other choices for {changed[:3]} (a different space or "
+            "pruning table). Resume it with its original space and pruning settings, or pick a new study.name."
         )
     return study
 
@@ -130,6 +139,9 @@ def run_search(cfg: DictConfig) -> SearchResult:
     model = build_model(cfg.model)
     space: SearchSpace = instantiate(cfg.space)
     bound = space.bind(model, OmegaConf.to_container(cfg.model.layer_groups))  # type: ignore[arg-type]
+    pruning = cfg.get("pruning") or {}
+    if pruning.get("table"):
+        bound = prune_space(bound, load_sensitivity(pruning.table), float(pruning.max_drop_points))
     evaluator = Evaluator(instantiate(cfg.data), **cfg.evaluation)
     candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware.energy),
                                     latency_model=instantiate(cfg.hardware.latency))

@@ -82,7 +82,7 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
         for unit, layers in units.items():
             for value in values:
                 m = candidates.evaluate({n: LayerConfig(**{sens.knob: value}) for n in layers}, timing=False).metrics
-                rows.append({"unit": unit, "layers": len(layers), "value": value, "accuracy": m["accuracy"],
+                rows.append({"knob": sens.knob, "unit": unit, "layers": len(layers), "value": value, "accuracy": m["accuracy"],
                              "accuracy_drop_points": 100 * (base["accuracy"] - m["accuracy"]),
                              "energy_uj": m["energy_uj"], "energy_saving_pct": 100 * (1 - m["energy_uj"] / base["energy_uj"])})
                 bar.update(1)

@@ -1,9 +1,10 @@
 import optuna
+import pandas as pd
 import pytest
 
 from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError, SearchSpaceError
-from dse.search_spaces import EXACT, decimal_places_space
+from dse.search_spaces import EXACT, decimal_places_space, load_sensitivity, prune_space
 from dse.training.models import get_model
 from tests.conftest import compose_config
 
@@ -69,3 +70,35 @@ def test_decimal_choice_out_of_range() -> None:
 def test_bad_granularity() -> None:
     with pytest.raises(ConfigError, match="granularity"):
         decimal_places_space("per_block")  # type: ignore[arg-type]
+
+
+def _sensitivity(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["knob", "unit", "value", "accuracy_drop_points"])
+
+
+def test_pruning_drops_harmful_choices_only(mobilenet) -> None:
+    bound = decimal_places_space("group", decimals=[1, 2, 3]).bind(mobilenet, GROUPS)
+    table = _sensitivity([
+        ("decimals", "depthwise", "1", 40.0), ("decimals", "depthwise", "2", 1.5), ("decimals", "depthwise", "3", 0.2),
+        ("decimals", "projection", "1", 0.9), ("decimals", "classifier", "1", 12.0),
+        ("multiplier", "first_conv", "1", 99.0),  # another knob: ignored
+    ])
+    pruned = prune_space(bound, table, max_drop_points=1.0)
+    grid = pruned.grid()
+    assert grid["decimals.depthwise"] == [3, "exact"]
+    assert grid["decimals.projection"] == [1, 2, 3, "exact"]  # 0.9 <= 1.0; 2 and 3 unmeasured: kept
+    assert grid["decimals.classifier"] == [2, 3, "exact"]
+    assert grid["decimals.first_conv"] == [1, 2, 3, "exact"]
+    assert pruned.params["decimals.depthwise"][1] == bound.params["decimals.depthwise"][1]  # same layers
+    assert pruned.size == bound.size * 2 * 3 // (4 * 4)
+
+
+def test_pruning_table_that_matches_nothing(mobilenet) -> None:
+    bound = decimal_places_space("layer", decimals=[1, 2]).bind(mobilenet, GROUPS)
+    with pytest.raises(ConfigError, match="sensitivity.granularity"):
+        prune_space(bound, _sensitivity([("decimals", "depthwise", "1", 40.0)]), 1.0)
+
+
+def test_pruning_table_missing(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="python -m dse.sensitivity"):
+        load_sensitivity(tmp_path / "nope.csv")

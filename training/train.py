@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
 from dse.training.classifier import ImageClassifier
-from dse.training.weights import save_weights
+from dse.training.weights import load_weights, save_weights
 
 _logger = logging.getLogger(__name__)
 
@@ -33,9 +33,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     net = instantiate(cfg.model.builder)
+    ckpt_dir = Path(cfg.ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    if cfg.get("init_weights") and not last.is_file():
+        # A second cycle from trained weights (warm restart); a resumed run already has them.
+        load_weights(net, cfg.init_weights)
+        _logger.info("Starting from the weights %s", cfg.init_weights)
     module = ImageClassifier(net, **cfg.optim)
     datamodule = instantiate(cfg.data, test_subset=None)
-    ckpt_dir = Path(cfg.ckpt_dir)
     # save_top_k=1 without a monitor keeps the newest epoch; saving at train-epoch end
     # makes every epoch resumable even when validation runs less often.
     checkpoint = ModelCheckpoint(
@@ -46,7 +51,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks=[checkpoint, LearningRateMonitor("epoch")],
         logger=CSVLogger(str(ckpt_dir), name="logs"),
     )
-    last = ckpt_dir / "last.ckpt"
     resume = str(last) if last.is_file() else None
     _logger.info("Training %s; checkpoints in %s%s", cfg.model.name, ckpt_dir, f" (resuming {last})" if resume else "")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
