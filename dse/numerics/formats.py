@@ -114,23 +114,38 @@ class MiniFloat(NumberFormat):
         return 2.0 ** (self.emin - self.man_bits)
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
-        """Round to nearest representable value, ties to even (computed exactly in float64)."""
-        a = x.double()
-        mag = a.abs()
-        exponent = torch.floor(torch.log2(torch.where(mag > 0, mag, torch.ones_like(mag))))
-        # float64 log2 can be off by one just below a power of two: correct it
-        exponent = torch.where(torch.exp2(exponent) > mag, exponent - 1, exponent)
-        exponent = torch.where(torch.exp2(exponent + 1) <= mag, exponent + 1, exponent)
-        exponent = torch.clamp(exponent, min=self.emin)  # subnormal binade shares emin's quantum
-        quantum = torch.exp2(exponent - self.man_bits)
-        rounded = torch.round(mag / quantum) * quantum  # torch.round: ties to even
+        """Round to the nearest representable value, ties to even (exact; float32 inputs stay in float32)."""
+        if x.dtype != torch.float32:
+            return self._round_float64(x)
+        out = x
+        shift = 23 - self.man_bits
+        if shift:  # normal range: round float32's mantissa to man_bits, ties to even, on its bit pattern
+            bits = x.view(torch.int32)
+            odd = bits.bitwise_right_shift(shift).bitwise_and_(1)
+            bits = odd.add_(bits).add_((1 << (shift - 1)) - 1).bitwise_and_(-(1 << shift))  # a carry bumps the exponent
+            out = bits.view(torch.float32)
+        # below the smallest normal every value shares one quantum (a power of two >= 2^-149: exact)
+        quantum = 2.0 ** (self.emin - self.man_bits)
+        small = x.abs() < self.min_normal
+        out = torch.where(small, torch.round(x / quantum) * quantum, out)
+        return self._finish(out, x)
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Flush subnormals, saturate or overflow to inf, keep NaN (``out`` already rounded)."""
+        mag = out.abs()
         if not self.subnormals:
-            rounded = torch.where(rounded < self.min_normal, torch.zeros_like(rounded), rounded)
-        overflow = rounded > self.max_finite
-        rounded = torch.where(overflow, torch.full_like(rounded, self.max_finite if self.saturate else math.inf), rounded)
-        rounded = torch.where(torch.isinf(mag), mag if not self.saturate else torch.full_like(mag, self.max_finite), rounded)
-        out = torch.copysign(rounded, a)
-        return torch.where(torch.isnan(a), a, out).to(x.dtype)
+            out = torch.where(mag < self.min_normal, out * 0, out)  # signed zero
+        limit = torch.full_like(out, self.max_finite if self.saturate else math.inf)
+        out = torch.where(mag > self.max_finite, torch.copysign(limit, x), out)
+        return torch.where(torch.isnan(x), x, out)
+
+    def _round_float64(self, x: torch.Tensor) -> torch.Tensor:
+        """Any other dtype: the same rounding through float64 frexp (exact for float64 inputs)."""
+        a = x.double()
+        _, exponent = torch.frexp(a)  # |a| = m * 2^exponent, m in [0.5, 1)
+        quantum = torch.exp2((torch.clamp(exponent - 1, min=self.emin) - self.man_bits).double())
+        rounded = torch.where(torch.isfinite(a), torch.round(a / quantum) * quantum, a)
+        return self._finish(rounded, a).to(x.dtype)
 
     def round_weight(self, w: torch.Tensor) -> torch.Tensor:
         return self.round(w)
