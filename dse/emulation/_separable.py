@@ -50,6 +50,26 @@ def _factorize(lut_bytes: bytes, size: int, value_bytes: bytes) -> tuple[np.ndar
     return best[1], best[2]
 
 
+@functools.lru_cache(maxsize=128)
+def _factorize_table(lut_bytes: bytes, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer factors of the whole table: rank(lut) is often below 1 + rank(lut - a*b)."""
+    lut = np.frombuffer(lut_bytes, dtype=np.int64).reshape(size, size)
+    if int(np.linalg.matrix_rank(lut.astype(np.float64))) > MAX_SEPARABLE_RANK + 1:
+        return None
+    best = None
+    for transpose in (False, True):
+        try:
+            a, b = integer_factorization(lut.T if transpose else lut)
+        except OverflowError:
+            continue
+        if transpose:
+            a, b = b.T, a.T
+        bound = float((np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)).max())
+        if best is None or (b.shape[0], bound) < (best[1].shape[0], best[0]):
+            best = (bound, a, b)
+    return None if best is None else (best[1], best[2])
+
+
 def factorize(lut: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Integer factors (A, B) of ``lut - values x values``, the smaller of the row and column
     lattices; None when the rank exceeds MAX_SEPARABLE_RANK or the factors are too large for
@@ -151,30 +171,32 @@ class SeparableProducts:
 class FusedSeparable:
     """One lookup and one convolution per layer, for signed tables whose sums fit float32.
 
-    Every operand value v maps to the row ``[v, A_1(v), ..., A_r(v)]`` (activations)
-    or ``[v, B_1(v), ..., B_r(v)]`` (weights); ``lut[x, w]`` is their dot product.
+    Every operand value v maps to a row of R integers, activations and weights
+    alike, and ``lut[x, w]`` is their dot product: ``[v, A_1(v), ..., A_r(v)]`` from
+    the error's factors, or the table's own integer factors when they are fewer.
     The activation rows come from ``F.embedding`` on the channels-last index tensor,
     which writes them *channel-major* (channel c's r+1 factors adjacent) straight
     into the layout the convolution reads: no permute, no copy. Exact while
     ``K * max|row . row| < 2^24``; callers check :meth:`fits`.
     """
 
-    def __init__(self, separable: SeparableProducts, values: np.ndarray) -> None:
+    def __init__(self, separable: SeparableProducts, values: np.ndarray, lut: np.ndarray) -> None:
         order = np.argsort(values)  # rows in value order: index = value - min(value)
         self.offset = int(-values.min())
         self.size = len(values)
-        ranks = separable.rank + 1
-        act = np.empty((self.size, ranks), dtype=np.float32)
-        wgt = np.empty((self.size, ranks), dtype=np.float32)
-        act[:, 0] = wgt[:, 0] = values[order]
-        if separable.rank:
-            act[:, 1:] = separable._a.numpy().T[order]
-            wgt[:, 1:] = separable._b.numpy().T[order]
-        self.ranks = ranks
-        self.act_rows = torch.from_numpy(act)
-        self.wgt_rows = torch.from_numpy(wgt)
-        self.max_term = separable.max_exact_term + separable.max_error_term
-        self.zero_row_is_zero = bool(np.all(act[self.offset] == 0))  # value 0 -> zero padding is exact
+        # rows [v, A_1(v), ..] / [v, B_1(v), ..] of the error's factors, or the table's own integer
+        # factors when they are fewer (e.g. mul8s_1L2J = floor(x/2) * g(w): one row, one plain conv)
+        act = np.concatenate([values[:, None], separable._a.numpy().T.astype(np.int64)], axis=1)
+        wgt = np.concatenate([values[:, None], separable._b.numpy().T.astype(np.int64)], axis=1)
+        lut = np.ascontiguousarray(lut, dtype=np.int64)
+        direct = _factorize_table(lut.tobytes(), lut.shape[0])
+        if direct is not None and direct[1].shape[0] < act.shape[1]:
+            act, wgt = direct[0], direct[1].T
+        self.ranks = act.shape[1]
+        self.act_rows = torch.from_numpy(act[order].astype(np.float32))
+        self.wgt_rows = torch.from_numpy(wgt[order].astype(np.float32))
+        self.max_term = float((np.abs(act).astype(np.float64) @ np.abs(wgt).astype(np.float64).T).max())
+        self.zero_row_is_zero = bool(np.all(act[order][self.offset] == 0))  # value 0 -> zero padding is exact
 
     def to(self, device: torch.device) -> FusedSeparable:
         self.act_rows, self.wgt_rows = self.act_rows.to(device), self.wgt_rows.to(device)

@@ -79,7 +79,7 @@ class _Emulated:
         self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
         self._separable = SeparableProducts(table, values) if path == "separable" else None
         # signed tables (zero point 0): one lookup + one conv, when the sums fit float32
-        self._fused = FusedSeparable(self._separable, values) if self._separable is not None and mult.signed else None
+        self._fused = FusedSeparable(self._separable, values, table) if self._separable is not None and mult.signed else None
         if self._fused is not None and not self._fused.fits(self._terms_per_output()):
             self._fused = None
         self._tables = TableProducts(self._lut) if path == "table" else None
