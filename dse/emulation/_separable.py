@@ -192,6 +192,16 @@ class FusedSeparable:
         direct = _factorize_table(lut.tobytes(), lut.shape[0])
         if direct is not None and direct[1].shape[0] < act.shape[1]:
             act, wgt = direct[0], direct[1].T
+        # One row that is c * floor(v / 2^k) (a circuit ignoring k activation LSBs): c moves to the
+        # weights and the row is computed from the values by a power-of-two scale and floor, no lookup.
+        self.shift: int | None = None
+        if act.shape[1] == 1:
+            for k in range(int(np.abs(values).max()).bit_length()):
+                truncated = np.floor_divide(values, 2**k)
+                c = act[np.argmax(truncated != 0), 0] // max(1, truncated[np.argmax(truncated != 0)])
+                if c and np.array_equal(act[:, 0], c * truncated):
+                    act, wgt, self.shift = truncated[:, None], wgt * c, k
+                    break
         self.ranks = act.shape[1]
         self.act_rows = torch.from_numpy(act[order].astype(np.float32))
         self.wgt_rows = torch.from_numpy(wgt[order].astype(np.float32))
@@ -224,8 +234,15 @@ class FusedSeparable:
         rows = rows.permute(0, 1, 4, 2, 3)  # (O, Cg, R, kh, kw)
         return rows.reshape(o, cg * self.ranks, kh, kw)  # depthwise: (O, R, kh, kw), regrouped in conv2d
 
+    def shifted_values(self, q: torch.Tensor) -> torch.Tensor:
+        """The one factor row of integer-valued operands ``q`` (consumed): floor(q / 2^shift), exact."""
+        assert self.shift is not None
+        return q.mul_(2.0**-self.shift).floor_() if self.shift else q
+
     def stacked_input(self, idx: torch.Tensor) -> torch.Tensor:
-        """(N, C*R, H, W) channels-last factors of an (N, C, H, W) index tensor."""
+        """(N, C*R, H, W) channels-last factors of an (N, C, H, W) index tensor (float input: already factors)."""
+        if idx.is_floating_point():
+            return idx
         n, c, h, w = idx.shape
         rows = F.embedding(idx.permute(0, 2, 3, 1), self.act_rows.to(idx.device))  # (N, H, W, C, R)
         return rows.reshape(n, h, w, c * self.ranks).permute(0, 3, 1, 2)
@@ -234,7 +251,7 @@ class FusedSeparable:
                dilation: tuple[int, int], groups: int, out_channels: int) -> torch.Tensor:
         n, c = idx.shape[:2]
         x = self.stacked_input(idx)
-        if groups == c and groups > 1:  # depthwise: a plain depthwise conv over the C*R stacked channels
+        if groups == c and groups > 1 and self.ranks > 1:  # depthwise: one depthwise conv over C*R channels, then sum R
             m = out_channels // c
             w_dw = w_stack.view(c, m, self.ranks, *w_stack.shape[-2:]).transpose(1, 2).reshape(c * self.ranks * m, 1, *w_stack.shape[-2:])
             y = F.conv2d(x, w_dw, None, stride, padding, dilation, c * self.ranks)  # channel (c*R + rho)*m + j
@@ -256,7 +273,7 @@ class FusedSeparable:
         return out
 
     def linear(self, idx: torch.Tensor, w_stack: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(idx, self.act_rows.to(idx.device)).reshape(idx.shape[0], -1)  # (N, K*R)
+        rows = idx if idx.is_floating_point() else F.embedding(idx, self.act_rows.to(idx.device)).reshape(idx.shape[0], -1)
         chunks = self._channel_chunks(idx.shape[1], 1)
         if len(chunks) == 1:
             return F.linear(rows, w_stack)

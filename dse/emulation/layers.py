@@ -220,7 +220,10 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         w = self._weights()
         ph, pw = self.padding  # type: ignore[misc]
         if self._fused is not None:
-            idx = self._quantize_input(x, zero, scale, self._fused.offset).to(torch.int32)
+            if self._fused.shift is not None:  # factors by arithmetic; floor(0) = 0, so zero padding is exact
+                idx = self._fused.shifted_values(self._quantize_input(x, zero, scale))
+            else:
+                idx = self._quantize_input(x, zero, scale, self._fused.offset).to(torch.int32)
             padding = self.padding
             if (ph or pw) and not self._fused.zero_row_is_zero:  # the zero operand's row must be padded in
                 idx, padding = F.pad(idx, (pw, pw, ph, ph), value=self._fused.offset), (0, 0)
@@ -268,7 +271,9 @@ class ApproxLinear(_Emulated, nn.Linear):
         lead = x.shape[:-1]
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
         if self._fused is not None:
-            acc = self._fused.linear(xq.add_(self._fused.offset).to(torch.int32), w["w_stack"])
+            operands = (self._fused.shifted_values(xq) if self._fused.shift is not None
+                        else xq.add_(self._fused.offset).to(torch.int32))
+            acc = self._fused.linear(operands, w["w_stack"])
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         if self.path == "reference":
             acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))
