@@ -169,13 +169,14 @@ class SeparableProducts:
 
 
 class FusedSeparable:
-    """One lookup and one convolution per layer, for signed tables whose sums fit float32.
+    """One lookup (or, for LSB-ignoring circuits, a floor) and one convolution per layer,
+    for signed tables whose sums fit float32.
 
     Every operand value v maps to a row of R integers, activations and weights
     alike, and ``lut[x, w]`` is their dot product: ``[v, A_1(v), ..., A_r(v)]`` from
     the error's factors, or the table's own integer factors when they are fewer.
     The activation rows come from ``F.embedding`` on the channels-last index tensor,
-    which writes them *channel-major* (channel c's r+1 factors adjacent) straight
+    which writes them *channel-major* (channel c's R factors adjacent) straight
     into the layout the convolution reads: no permute, no copy. Exact while
     ``K * max|row . row| < 2^24``; callers check :meth:`fits`.
     """
