@@ -27,17 +27,13 @@ __all__ = ["SeparableProducts", "FusedSeparable", "MAX_SEPARABLE_RANK", "factori
 MAX_SEPARABLE_RANK = 8  # above this, the table path is cheaper
 
 
-@functools.lru_cache(maxsize=128)
-def _factorize(lut_bytes: bytes, size: int, value_bytes: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    lut = np.frombuffer(lut_bytes, dtype=np.int64).reshape(size, size)
-    values = np.frombuffer(value_bytes, dtype=np.int64)
-    error = lut - np.outer(values, values)
-    if int(np.linalg.matrix_rank(error.astype(np.float64))) > MAX_SEPARABLE_RANK:
-        return None
+def _tightest_factors(matrix: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Integer factors of ``matrix`` from its row or its column lattice, whichever has the
+    smaller worst-case partial sum ``max |A| @ |B|`` (both have rank(matrix) rows)."""
     best = None
     for transpose in (False, True):
         try:
-            a, b = integer_factorization(error.T if transpose else error)
+            a, b = integer_factorization(matrix.T if transpose else matrix)
         except OverflowError:
             continue
         if transpose:
@@ -45,6 +41,17 @@ def _factorize(lut_bytes: bytes, size: int, value_bytes: bytes) -> tuple[np.ndar
         bound = float((np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)).max()) if b.shape[0] else 0.0
         if best is None or bound < best[0]:
             best = (bound, a, b)
+    return best
+
+
+@functools.lru_cache(maxsize=128)
+def _factorize(lut_bytes: bytes, size: int, value_bytes: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    lut = np.frombuffer(lut_bytes, dtype=np.int64).reshape(size, size)
+    values = np.frombuffer(value_bytes, dtype=np.int64)
+    error = lut - np.outer(values, values)
+    if int(np.linalg.matrix_rank(error.astype(np.float64))) > MAX_SEPARABLE_RANK:
+        return None
+    best = _tightest_factors(error)
     if best is None or best[0] * 25 >= 2**24:  # one channel of a 5x5 kernel must stay exact in float32
         return None
     return best[1], best[2]
@@ -56,17 +63,7 @@ def _factorize_table(lut_bytes: bytes, size: int) -> tuple[np.ndarray, np.ndarra
     lut = np.frombuffer(lut_bytes, dtype=np.int64).reshape(size, size)
     if int(np.linalg.matrix_rank(lut.astype(np.float64))) > MAX_SEPARABLE_RANK + 1:
         return None
-    best = None
-    for transpose in (False, True):
-        try:
-            a, b = integer_factorization(lut.T if transpose else lut)
-        except OverflowError:
-            continue
-        if transpose:
-            a, b = b.T, a.T
-        bound = float((np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)).max())
-        if best is None or (b.shape[0], bound) < (best[1].shape[0], best[0]):
-            best = (bound, a, b)
+    best = _tightest_factors(lut)
     return None if best is None else (best[1], best[2])
 
 
