@@ -23,12 +23,13 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from dse.assignment import LayerConfig, apply_assignment, targetable_layers
+from dse.assignment import LayerConfig, targetable_layers
 from dse.cost.macs import layer_shapes
 from dse.emulation import calibrate_ranges
 from dse.training.models import get_model
+from dse.transform import apply_assignment
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -48,8 +49,12 @@ def per_kind_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
     starts: dict[str, float] = {}
     handles = []
     for name, module in targetable_layers(model).items():
-        handles.append(module.register_forward_pre_hook(lambda m, i, n=name: starts.__setitem__(n, time.perf_counter())))
-        handles.append(module.register_forward_hook(lambda m, i, o, n=name: spent[n].append(time.perf_counter() - starts[n])))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, i, n=name: starts.__setitem__(n, time.perf_counter()))
+        )
+        handles.append(
+            module.register_forward_hook(lambda m, i, o, n=name: spent[n].append(time.perf_counter() - starts[n]))
+        )
     with torch.inference_mode():
         for _ in range(repeats):
             model(x)
@@ -64,7 +69,9 @@ def per_kind_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one table, fewer repeats")
-    parser.add_argument("--tables", nargs="+", default=["mul8s_1L2J", "mul8s_1KV9", "mul8s_1KX5", "truncated_t6_s8", "mitchell_w6_s8"])
+    parser.add_argument(
+        "--tables", nargs="+", default=["mul8s_1L2J", "mul8s_1KV9", "mul8s_1KX5", "truncated_t6_s8", "mitchell_w6_s8"]
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
@@ -80,9 +87,14 @@ def main() -> None:
     ranges = calibrate_ranges(base, [x[:32]], layers)
     model = copy.deepcopy(base)
 
-    layouts = {"nchw": (model, x), "channels_last": (model.to(memory_format=torch.channels_last),
-                                                       x.contiguous(memory_format=torch.channels_last))}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {len(layers)} conv/linear layers")
+    layouts = {
+        "nchw": (model, x),
+        "channels_last": (model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{len(layers)} conv/linear layers"
+    )
     report = []
     for table in tables:
         assignment = {n: LayerConfig(multiplier=table) for n in layers}
@@ -104,14 +116,19 @@ def main() -> None:
         kinds_exact = per_kind_times(model.to(memory_format=torch.contiguous_format), x, repeats)
         kinds_fast = per_kind_times(fast, x, repeats)
         paths = sorted({getattr(m, "path", "-") for m in targetable_layers(fast).values()})
-        print(f"\n{table} (path {', '.join(paths)}): exact fp32 {exact_s * 1e3:.1f} ms "
-              f"(nchw {statistics.median(samples['nchw']) * 1e3:.1f}, channels_last {statistics.median(samples['channels_last']) * 1e3:.1f}), "
-              f"emulated {approx_s * 1e3:.1f} ms, ratio {approx_s / exact_s:.2f}x, bit-exact vs reference: {bit_exact}")
+        print(
+            f"\n{table} (path {', '.join(paths)}): exact fp32 {exact_s * 1e3:.1f} ms "
+            f"(nchw {statistics.median(samples['nchw']) * 1e3:.1f}, "
+            f"channels_last {statistics.median(samples['channels_last']) * 1e3:.1f}), "
+            f"emulated {approx_s * 1e3:.1f} ms, ratio {approx_s / exact_s:.2f}x, bit-exact vs reference: {bit_exact}"
+        )
         for kind in ("first_conv", "pointwise", "depthwise", "conv", "linear"):
             if kind in kinds_fast:
-                print(f"  {kind:>10}: {kinds_fast[kind] * 1e3:8.1f} ms vs {kinds_exact[kind] * 1e3:6.1f} ms exact "
-                      f"({kinds_fast[kind] / kinds_exact[kind]:.1f}x)")
-        report.append((table, approx_s / exact_s, bit_exact, float((fast_out - exact_layout['nchw']).abs().max())))
+                print(
+                    f"  {kind:>10}: {kinds_fast[kind] * 1e3:8.1f} ms vs {kinds_exact[kind] * 1e3:6.1f} ms exact "
+                    f"({kinds_fast[kind] / kinds_exact[kind]:.1f}x)"
+                )
+        report.append((table, approx_s / exact_s, bit_exact, float((fast_out - exact_layout["nchw"]).abs().max())))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\npeak resident memory of this process: {peak_gb:.2f} GB (ru_maxrss)")
     table, ratio, exact, _ = report[0]

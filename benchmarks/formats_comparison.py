@@ -5,15 +5,15 @@ narrowest format within 1 point of fp32 is picked from those evaluated.
 Latency is the first-order accelerator model (dse/cost/latency.py), never the
 emulation's wall-clock time.
 
-    python benchmarks/formats_comparison.py                     # shipped 2,000-image subset
-    DSE_CIFAR10_NPZ=../shared/data/cifar10/cifar10.npz python benchmarks/formats_comparison.py --full
+    python benchmarks/formats_comparison.py                      # shipped 2,000-image subset
+    python benchmarks/formats_comparison.py --full               # full test set (torchvision's downloader, cached)
+    python benchmarks/formats_comparison.py --full --npz /path/cifar10.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import warnings
 
 from hydra.utils import instantiate
@@ -22,15 +22,16 @@ from dse.assignment import LayerConfig, targetable_layers
 from dse.candidate import CandidateEvaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation import Evaluator
-from dse.search import build_model
 from dse.training.cifar10 import CIFAR10DataModule
+from dse.training.weights import build_trained_model
 
 FORMATS = ["fp32", "bf16", "fp16", "e5m2", "e4m3", "e3m4", "e3m2", "e2m3", "e2m1", "int16", "int8", "int6", "int4"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="evaluate on the full test set of $DSE_CIFAR10_NPZ")
+    parser.add_argument("--full", action="store_true", help="evaluate on the full 10,000-image test set")
+    parser.add_argument("--npz", help="with --full: a CIFAR-10 .npz of your own instead of torchvision's download")
     parser.add_argument("--formats", nargs="+", default=FORMATS)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -38,13 +39,14 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["study=mobilenet_cifar10"])
-    model = build_model(cfg.model)
-    data = (CIFAR10DataModule(path=os.environ["DSE_CIFAR10_NPZ"]) if args.full
-            else CIFAR10DataModule(path="cifar10_test_subset"))
+        npz = ["data@final_eval.data=cifar10_npz", f"final_eval.data.path={args.npz}"] if args.npz else []
+        cfg = compose("config", overrides=["study=mobilenet_cifar10", *npz])
+    model = build_trained_model(cfg.model)
+    data = instantiate(cfg.final_eval.data) if args.full else CIFAR10DataModule(path="cifar10_test_subset")
     evaluator = Evaluator(data, timing_repeats=1)
-    candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware.energy),
-                                    latency_model=instantiate(cfg.hardware.latency))
+    candidates = CandidateEvaluator(
+        model, evaluator, instantiate(cfg.hardware.energy), latency_model=instantiate(cfg.hardware.latency)
+    )
     layers = list(targetable_layers(model))
     results = []
     for fmt in args.formats:
@@ -52,9 +54,14 @@ def main() -> None:
         m = candidates.evaluate(assignment, timing=False).metrics
         results.append((fmt, m))
     base = results[0][1]
-    print(f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images; hardware {cfg.hardware.energy.name} / "
-          f"{cfg.hardware.latency.name}")
-    print(f"{'format':>7} {'bits':>4} {'top-1':>7} {'drop':>6} {'energy':>9} {'vs fp32':>8} {'latency':>10} {'speedup':>8}")
+    print(
+        f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images; hardware {cfg.hardware.energy.name} / "
+        f"{cfg.hardware.latency.name}"
+    )
+    print(
+        f"{'format':>7} {'bits':>4} {'top-1':>7} {'drop':>6} {'energy':>9} {'vs fp32':>8} "
+        f"{'latency':>10} {'speedup':>8}"
+    )
     from dse.numerics.formats import parse_format
 
     ok = []
@@ -63,9 +70,11 @@ def main() -> None:
         bits = parse_format(fmt).bits
         if drop <= 1.0:
             ok.append((bits, fmt))
-        print(f"{fmt:>7} {bits:>4} {100 * m['accuracy']:>6.2f}% {drop:>5.2f} {m['energy_uj']:>7.1f}uJ "
-              f"{base['energy_uj'] / m['energy_uj']:>7.2f}x {m['modeled_latency_us']:>8.1f}us "
-              f"{base['modeled_latency_us'] / m['modeled_latency_us']:>7.2f}x")
+        print(
+            f"{fmt:>7} {bits:>4} {100 * m['accuracy']:>6.2f}% {drop:>5.2f} {m['energy_uj']:>7.1f}uJ "
+            f"{base['energy_uj'] / m['energy_uj']:>7.2f}x {m['modeled_latency_us']:>8.1f}us "
+            f"{base['modeled_latency_us'] / m['modeled_latency_us']:>7.2f}x"
+        )
     bits, fmt = min(ok)
     print(f"narrowest uniform format within 1 point of fp32: {fmt} ({bits} bits)")
 

@@ -7,16 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
-import torch.nn as nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
 
-from dse.assignment import Assignment, LayerConfig, apply_assignment
+from dse.assignment import Assignment, LayerConfig
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
-from dse.emulation.calibration import calibrate_ranges
+from dse.emulation import EmulationPath, calibrate_ranges
 from dse.evaluation import Evaluator
+from dse.transform import apply_assignment
 
-__all__ = ["CandidateResult", "CandidateEvaluator"]
+__all__ = ["CandidateEvaluator", "CandidateResult", "candidate_evaluator"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,15 @@ class CandidateResult:
 
 
 class CandidateEvaluator:
-    """Evaluate assignments of one trained model on one evaluator and energy model."""
+    """Evaluate assignments of one trained model on one evaluator and energy model.
+
+    Args:
+        model: the trained exact model (never modified: candidates are copies).
+        evaluator: accuracy and timing on one data set.
+        energy_model, latency_model: the cost models.
+        activation_ranges: calibrated input ranges of quantized layers; None = measured on first use.
+        emulation_path, per_channel: how layers on a multiplier are emulated (:func:`dse.transform.apply_assignment`).
+    """
 
     def __init__(
         self,
@@ -37,8 +48,12 @@ class CandidateEvaluator:
         energy_model: EnergyModel,
         activation_ranges: dict[str, tuple[float, float]] | None = None,
         latency_model: LatencyModel | None = None,
+        emulation_path: EmulationPath = "auto",
+        per_channel: bool = True,
     ) -> None:
         self.model = model.eval()
+        self.emulation_path: EmulationPath = emulation_path
+        self.per_channel = per_channel
         self.evaluator = evaluator
         self.energy_model = energy_model
         self.latency_model = latency_model
@@ -56,34 +71,45 @@ class CandidateEvaluator:
 
     def cost_table(self, model: nn.Module, assignment: Assignment) -> pd.DataFrame:
         energies = self.energy_model.estimate(model, self.shapes, assignment)
-        latencies = self.latency_model.estimate(self.shapes, energies, assignment) if self.latency_model else {
-            n: math.nan for n in self.shapes}
+        latencies = (
+            self.latency_model.estimate(self.shapes, energies, assignment)
+            if self.latency_model
+            else {n: math.nan for n in self.shapes}
+        )
         rows = []
         for name, shape in self.shapes.items():
             e = energies[name]
-            rows.append({
-                "layer": name,
-                "kind": shape.kind,
-                "macs": shape.macs,
-                "weights": shape.weight_numel,
-                "decimals": assignment.get(name, LayerConfig()).decimals,
-                "multiplier": assignment.get(name, LayerConfig()).multiplier,
-                "weight_format": assignment.get(name, LayerConfig()).weight_format,
-                "activation_format": assignment.get(name, LayerConfig()).activation_format,
-                "activation_bits": e.activation_bits,
-                "latency_us": latencies[name] * 1e6,
-                "weight_bits": e.weight_bits,
-                "multiply_pj": e.multiply_pj,
-                "add_pj": e.add_pj,
-                "weight_memory_pj": e.weight_memory_pj,
-                "activation_memory_pj": e.activation_memory_pj,
-                "total_pj": e.total_pj,
-            })
+            rows.append(
+                {
+                    "layer": name,
+                    "kind": shape.kind,
+                    "macs": shape.macs,
+                    "weights": shape.weight_numel,
+                    "decimals": assignment.get(name, LayerConfig()).decimals,
+                    "multiplier": assignment.get(name, LayerConfig()).multiplier,
+                    "weight_format": assignment.get(name, LayerConfig()).weight_format,
+                    "activation_format": assignment.get(name, LayerConfig()).activation_format,
+                    "activation_bits": e.activation_bits,
+                    "latency_us": latencies[name] * 1e6,
+                    "weight_bits": e.weight_bits,
+                    "multiply_pj": e.multiply_pj,
+                    "add_pj": e.add_pj,
+                    "weight_memory_pj": e.weight_memory_pj,
+                    "activation_memory_pj": e.activation_memory_pj,
+                    "total_pj": e.total_pj,
+                }
+            )
         return pd.DataFrame(rows)
 
     def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
         needs_ranges = any(cfg.multiplier or cfg.activation_format for cfg in assignment.values())
-        candidate = apply_assignment(self.model, assignment, self.activation_ranges if needs_ranges else None)
+        candidate = apply_assignment(
+            self.model,
+            assignment,
+            self.activation_ranges if needs_ranges else None,
+            path=self.emulation_path,
+            per_channel=self.per_channel,
+        )
         acc = self.evaluator.accuracy(candidate)
         table = self.cost_table(self.model, assignment)
         macs = table["macs"].sum()
@@ -98,10 +124,25 @@ class CandidateEvaluator:
         }
         if timing:
             t = self.evaluator.inference_time(candidate)
-            metrics.update({
-                "inference_time_s": t.median_s,
-                "ms_per_image": t.ms_per_image,
-                "inference_time_min_s": t.min_s,
-                "inference_time_max_s": t.max_s,
-            })
+            metrics.update(
+                {
+                    "inference_time_s": t.median_s,
+                    "ms_per_image": t.ms_per_image,
+                    "inference_time_min_s": t.min_s,
+                    "inference_time_max_s": t.max_s,
+                }
+            )
         return CandidateResult(metrics, table)
+
+
+def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator:
+    """The evaluator of a composed config: its ``evaluation``, ``data``, ``hardware`` and ``emulation`` groups."""
+    evaluator = instantiate(cfg.evaluation)(instantiate(cfg.data))
+    return CandidateEvaluator(
+        model,
+        evaluator,
+        instantiate(cfg.hardware.energy),
+        latency_model=instantiate(cfg.hardware.latency),
+        emulation_path=cfg.emulation.path,
+        per_channel=cfg.emulation.per_channel,
+    )

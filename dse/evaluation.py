@@ -3,7 +3,8 @@
 Accuracy comes from ``Trainer.test`` of :class:`~dse.training.classifier.ImageClassifier`
 on the data module's test loader (no shuffle, no dropped samples), on the GPU
 when there is one. Inference time is the wall-clock time of the model's forward
-passes over the same images, already on the device and normalised: one warm-up
+passes over the same images, already on the device and preprocessed by the data
+module (``on_after_batch_transfer``, so any data set works): one warm-up
 batch, then ``repeats`` full passes, median and spread reported. It is the time
 of *this emulation on this machine*, not of any hardware the cost model describes.
 """
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-import torch.nn as nn
+from torch import nn
 
-from dse.training.cifar10 import normalize
+from dse.exceptions import ConfigError
 from dse.training.classifier import ImageClassifier
 
-__all__ = ["Evaluator", "AccuracyResult", "TimingResult", "default_device"]
+__all__ = ["AccuracyResult", "Evaluator", "TimingResult", "default_device"]
 
 _logger = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class Evaluator:
         calibration_seed: int = 0,
     ) -> None:
         if timing_repeats < 1:
-            raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}.")
+            raise ConfigError(
+                f"evaluation.timing_repeats must be >= 1 (timed passes per candidate), got {timing_repeats}."
+            )
         self.datamodule = datamodule
         self.accelerator = accelerator
         self.channels_last = channels_last
@@ -94,7 +97,7 @@ class Evaluator:
 
     @property
     def n_images(self) -> int:
-        return len(self.datamodule.test_dataloader().dataset)  # type: ignore[arg-type]
+        return len(self.datamodule.test_dataloader().dataset)
 
     def accuracy(self, model: nn.Module) -> AccuracyResult:
         """Top-1/top-5 accuracy of ``model`` (eval mode) on the test loader."""
@@ -113,9 +116,11 @@ class Evaluator:
     def _batches(self) -> list[torch.Tensor]:
         if self._timing_batches is None:
             memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+            # the data module's own device-side preprocessing (normalisation), as in Trainer.test
+            prepare = self.datamodule.on_after_batch_transfer
             self._timing_batches = [
-                normalize(x.to(self.device)).contiguous(memory_format=memory_format)
-                for x, _ in self.datamodule.test_dataloader()
+                prepare((x.to(self.device), y), 0)[0].contiguous(memory_format=memory_format)
+                for x, y in self.datamodule.test_dataloader()
             ]
         return self._timing_batches
 
@@ -135,7 +140,7 @@ class Evaluator:
     def inference_time(self, model: nn.Module) -> TimingResult:
         """Median wall-clock seconds of ``repeats`` forward passes over the evaluation set."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        model = model.to(self.device, memory_format=memory_format).eval()
+        model = model.to(self.device).to(memory_format=memory_format).eval()
         batches = self._batches()
         model(batches[0])  # warm-up: allocator, kernel selection
         times = []

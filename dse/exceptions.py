@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DSEError", "ConfigError", "DataError", "CheckpointError", "SearchSpaceError"]
+__all__ = ["CheckpointError", "ConfigError", "DSEError", "DataError", "SearchSpaceError"]
 
 
 class DSEError(Exception):

@@ -18,20 +18,19 @@ from typing import Any
 import hydra
 import pandas as pd
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from dse.assignment import LayerConfig
-from dse.candidate import CandidateEvaluator
-from dse.config_paths import CONFIG_DIR
-from dse.evaluation import Evaluator
+from dse.candidate import candidate_evaluator
 from dse.cli import run_command
+from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
-from dse.search import build_model
 from dse.search_spaces import resolve_groups
 from dse.tracking.mlflow_tracker import MlflowTracker
+from dse.training.weights import build_trained_model
 
-__all__ = ["run_sensitivity", "plot_sensitivity"]
+__all__ = ["plot_sensitivity", "run_sensitivity"]
 
 _logger = logging.getLogger(__name__)
 _KNOBS = ("decimals", "multiplier", "weight_format", "activation_format")
@@ -50,7 +49,15 @@ def plot_sensitivity(table: pd.DataFrame, knob: str, path: Path) -> Path:
     ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns], rotation=45, ha="right")
     ax.set_yticks(range(len(grid)), list(grid.index), fontsize=8)
     for (i, j), v in pd.DataFrame(grid.to_numpy()).stack().items():
-        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white" if v > grid.to_numpy().max() / 2 else "black")
+        ax.text(
+            j,
+            i,
+            f"{v:.1f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if v > grid.to_numpy().max() / 2 else "black",
+        )
     ax.set_xlabel(knob)
     fig.colorbar(image, ax=ax, label="accuracy drop (points)")
     ax.set_title(f"Sensitivity: only one unit takes {knob}")
@@ -67,24 +74,31 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
         raise ConfigError(f"sensitivity.knob={sens.knob!r} is not a layer knob; choose one of {list(_KNOBS)}.")
     if sens.granularity not in ("group", "layer"):
         raise ConfigError(f"sensitivity.granularity must be group or layer, got {sens.granularity!r}.")
-    model = build_model(cfg.model)
-    groups = resolve_groups(model, OmegaConf.to_container(cfg.model.layer_groups))  # type: ignore[arg-type]
+    model = build_trained_model(cfg.model)
+    groups = resolve_groups(model, dict(cfg.model.layer_groups))
     units = groups if sens.granularity == "group" else {n: [n] for members in groups.values() for n in members}
     values: list[Any] = list(sens["values"])  # sens.values would be the mapping method
     for v in values:
         LayerConfig(**{sens.knob: v})  # bad values fail before any evaluation
-    evaluator = Evaluator(instantiate(cfg.data), **cfg.evaluation)
-    candidates = CandidateEvaluator(model, evaluator, instantiate(cfg.hardware.energy),
-                                    latency_model=instantiate(cfg.hardware.latency))
+    candidates = candidate_evaluator(cfg, model)
     base = candidates.evaluate({}, timing=False).metrics
     rows = []
     with tqdm(total=len(units) * len(values), desc=f"sensitivity {sens.knob}", unit="eval") as bar:
         for unit, layers in units.items():
             for value in values:
                 m = candidates.evaluate({n: LayerConfig(**{sens.knob: value}) for n in layers}, timing=False).metrics
-                rows.append({"knob": sens.knob, "unit": unit, "layers": len(layers), "value": value, "accuracy": m["accuracy"],
-                             "accuracy_drop_points": 100 * (base["accuracy"] - m["accuracy"]),
-                             "energy_uj": m["energy_uj"], "energy_saving_pct": 100 * (1 - m["energy_uj"] / base["energy_uj"])})
+                rows.append(
+                    {
+                        "knob": sens.knob,
+                        "unit": unit,
+                        "layers": len(layers),
+                        "value": value,
+                        "accuracy": m["accuracy"],
+                        "accuracy_drop_points": 100 * (base["accuracy"] - m["accuracy"]),
+                        "energy_uj": m["energy_uj"],
+                        "energy_saving_pct": 100 * (1 - m["energy_uj"] / base["energy_uj"]),
+                    }
+                )
                 bar.update(1)
     table = pd.DataFrame(rows)
     out = Path(sens.output_dir)
@@ -92,20 +106,21 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
     csv, png = out / f"sensitivity_{sens.knob}.csv", out / f"sensitivity_{sens.knob}.png"
     table.to_csv(csv, index=False)
     plot_sensitivity(table, sens.knob, png)
-    if cfg.tracking.enabled:
-        tracker = MlflowTracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location)
-        run = tracker.client.create_run(tracker.experiment_id, run_name=f"sensitivity-{cfg.model.name}-{sens.knob}",
-                                        tags={"dse_role": "sensitivity", "dse_knob": sens.knob})
-        tracker.client.log_param(run.info.run_id, "baseline_accuracy", base["accuracy"])
-        for path in (csv, png):
-            tracker.client.log_artifact(run.info.run_id, str(path), artifact_path="sensitivity")
-        tracker.client.set_terminated(run.info.run_id)
-        _logger.info("Sensitivity logged to MLflow run %s", run.info.run_id)
+    if cfg.tracking:
+        tracker: MlflowTracker = instantiate(cfg.tracking)
+        run_id = tracker.log_standalone_run(
+            f"sensitivity-{cfg.model.name}-{sens.knob}",
+            {"dse_role": "sensitivity", "dse_knob": sens.knob},
+            {"baseline_accuracy": base["accuracy"], "model": cfg.model.name, "granularity": sens.granularity},
+            [csv, png],
+            artifact_path="sensitivity",
+        )
+        _logger.info("Sensitivity logged to MLflow run %s", run_id)
     _logger.info("Baseline accuracy %.4f; table %s, plot %s", base["accuracy"], csv, png)
     return table
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
     run_command(run_sensitivity, cfg)
 

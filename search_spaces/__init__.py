@@ -2,9 +2,21 @@
 
 from .decimal_places import decimal_places_space
 from .formats import formats_space
-from .multipliers import multiplier_space
 from .layer_groups import check_layers, resolve_groups
+from .multipliers import multiplier_space
 from .pruning import load_sensitivity, prune_space
 from .space import EXACT, BoundSpace, Knob, SearchSpace
 
-__all__ = ["EXACT", "BoundSpace", "Knob", "SearchSpace", "decimal_places_space", "multiplier_space", "formats_space", "resolve_groups", "check_layers", "load_sensitivity", "prune_space"]
+__all__ = [
+    "EXACT",
+    "BoundSpace",
+    "Knob",
+    "SearchSpace",
+    "check_layers",
+    "decimal_places_space",
+    "formats_space",
+    "load_sensitivity",
+    "multiplier_space",
+    "prune_space",
+    "resolve_groups",
+]

@@ -21,9 +21,9 @@ def formats_space(
 
     Names: ``dse.numerics.formats.parse_format`` (fp16, bf16, e4m3, e5m2, e<E>m<M>, int8, int4, ...).
     """
-    knobs = [Knob("weight_format", tuple(weight_formats) + (EXACT,))]
+    knobs = [Knob("weight_format", (*tuple(weight_formats), EXACT))]
     if activation_formats:
-        knobs.append(Knob("activation_format", tuple(activation_formats) + (EXACT,)))
+        knobs.append(Knob("activation_format", (*tuple(activation_formats), EXACT)))
     return SearchSpace(
         knobs=knobs,
         granularity=granularity,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-import torch.nn as nn
+from torch import nn
 
 from dse.assignment import targetable_layers
 from dse.exceptions import SearchSpaceError
 
-__all__ = ["resolve_groups", "check_layers"]
+__all__ = ["check_layers", "resolve_groups"]
 
 
 def resolve_groups(

@@ -24,7 +24,7 @@ def multiplier_space(
     """
     knobs = [Knob("multiplier", tuple(multipliers) + ((EXACT,) if include_exact else ()))]
     if decimals is not None:
-        knobs.append(Knob("decimals", tuple(int(d) for d in decimals) + (EXACT,)))
+        knobs.append(Knob("decimals", (*tuple(int(d) for d in decimals), EXACT)))
     return SearchSpace(
         knobs=knobs,
         granularity=granularity,

@@ -37,7 +37,10 @@ def load_sensitivity(path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"unit": str, "value": str}, keep_default_na=False)
     missing = [c for c in _COLUMNS if c not in table.columns]
     if missing:
-        raise ConfigError(f"Sensitivity table {str(path)!r} lacks the columns {missing}; regenerate it with python -m dse.sensitivity.")
+        raise ConfigError(
+            f"Sensitivity table {str(path)!r} lacks the columns {missing}; "
+            "regenerate it with python -m dse.sensitivity."
+        )
     return table
 
 
@@ -45,9 +48,7 @@ def prune_space(space: BoundSpace, table: pd.DataFrame, max_drop_points: float) 
     """``space`` without the choices whose single-unit drop in ``table`` exceeds ``max_drop_points``."""
     if max_drop_points < 0:
         raise ConfigError(f"pruning.max_drop_points must be >= 0 points, got {max_drop_points}.")
-    drops = {
-        (row.knob, row.unit, row.value): float(row.accuracy_drop_points) for row in table.itertuples(index=False)
-    }
+    drops = {(row.knob, row.unit, row.value): float(row.accuracy_drop_points) for row in table.itertuples(index=False)}
     params, matched, removed = {}, 0, []
     for name, (knob, layers) in space.params.items():
         unit = name.split(".", 1)[1] if "." in name else ""  # parameter names are <field>.<unit>

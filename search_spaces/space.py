@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
-import torch.nn as nn
+from torch import nn
 
 from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError
 
 from .layer_groups import check_layers, resolve_groups
 
-__all__ = ["Knob", "SearchSpace", "BoundSpace", "EXACT", "GRANULARITIES"]
+__all__ = ["EXACT", "GRANULARITIES", "BoundSpace", "Knob", "SearchSpace"]
 
 EXACT = "exact"  # the choice that leaves a knob at its exact default
 GRANULARITIES = ("uniform", "group", "layer")
@@ -46,7 +46,7 @@ class Knob:
 
     def layer_value(self, choice: Choice) -> Any:
         value = None if choice == EXACT else choice
-        LayerConfig(**{self.field: value})
+        LayerConfig(**{self.field: value})  # type: ignore[arg-type]  # validated by LayerConfig itself
         return value
 
 
@@ -57,11 +57,22 @@ class BoundSpace:
     params: Mapping[str, tuple[Knob, tuple[str, ...]]]
 
     @property
+    def knob_fields(self) -> list[str]:
+        """The LayerConfig fields this space searches (e.g. ``["decimals"]``)."""
+        return sorted({knob.field for knob, _ in self.params.values()})
+
+    @property
     def layers(self) -> list[str]:
         return sorted({n for _, layers in self.params.values() for n in layers})
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Choice]:
-        return {name: trial.suggest_categorical(name, list(knob.choices)) for name, (knob, _) in self.params.items()}
+        return {name: self._suggest(trial, name, knob) for name, (knob, _) in self.params.items()}
+
+    @staticmethod
+    def _suggest(trial: optuna.Trial, name: str, knob: Knob) -> Choice:
+        value = trial.suggest_categorical(name, list(knob.choices))
+        assert value is not None  # every choice is a number or a string
+        return value
 
     def assignment(self, params: Mapping[str, Any]) -> dict[str, LayerConfig]:
         """The per-layer assignment that parameters ``params`` describe."""

@@ -12,16 +12,19 @@ from omegaconf import DictConfig
 from dse.config_paths import CONFIG_DIR
 
 # The offline CIFAR-10 copy sits beside the checkout (../shared), in CI too.
-CIFAR10_NPZ = Path(os.environ.get("DSE_CIFAR10_NPZ", Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar10.npz"))
+CIFAR10_NPZ = Path(
+    os.environ.get("DSE_CIFAR10_NPZ", Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar10.npz")
+)
 needs_cifar10 = pytest.mark.skipif(not CIFAR10_NPZ.is_file(), reason=f"offline CIFAR-10 not at {CIFAR10_NPZ}")
 
 # Small and fast: a 200-image subset of the shipped subset, one timing pass.
-FAST = ["data.test_subset=200", "evaluation.timing_repeats=1", "tracking.plot_every=2"]
+FAST = ["data.test_subset=200", "evaluation.timing_repeats=1"]
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The real config of a command (``config``: dse.search; ``sensitivity``; ``train``), composed as Hydra does."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def test_subset_is_seeded() -> None:
 
 def test_missing_file_says_what_to_do(tmp_path) -> None:
     dm = CIFAR10DataModule(path=str(tmp_path / "nope.npz"))
-    with pytest.raises(DataError, match="does not exist.*data=cifar10_torchvision"):
+    with pytest.raises(DataError, match=r"does not exist.*data=cifar10_torchvision"):
         dm.setup("test")
 
 
@@ -57,13 +57,44 @@ def test_augmentation_keeps_content() -> None:
         values = set(x[i].flatten().tolist()) | {0}
         assert set(out[i].flatten().tolist()) <= values
     z = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
-    assert torch.allclose(z[0, :, 0, 0], torch.tensor([(1 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (1 - 0.4465) / 0.2616]))
+    assert torch.allclose(
+        z[0, :, 0, 0], torch.tensor([(1 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (1 - 0.4465) / 0.2616])
+    )
 
 
 @needs_cifar10
 def test_offline_copy_full_split() -> None:
     dm = CIFAR10DataModule(path=str(CIFAR10_NPZ))
     dm.setup("fit")
-    assert len(dm.train_dataloader().dataset) == 50_000
+    assert len(dm.train_dataloader().dataset) == 45_000
     assert len(dm.test_dataloader().dataset) == 10_000
-    assert len(dm.train_dataloader()) == 50_000 // 128  # training drops the last partial batch only
+    assert len(dm.train_dataloader()) == 45_000 // 128  # training drops the last partial batch only
+
+
+@needs_cifar10
+def test_validation_is_a_stratified_split_of_the_training_set_not_the_test_set() -> None:
+    dm = CIFAR10DataModule(path=str(CIFAR10_NPZ), val_size=1000, subset_seed=3)
+    dm.setup("fit")
+    assert dm.val_indices is not None
+    val_x, val_y = dm.val_dataloader().dataset.tensors  # type: ignore[union-attr]
+    train_x, _ = dm.train_dataloader().dataset.tensors  # type: ignore[attr-defined]
+    assert len(val_y) == 1000 and np.bincount(val_y.numpy()).tolist() == [100] * 10
+    assert len(train_x) == 49_000
+    arrays = np.load(CIFAR10_NPZ)
+    assert torch.equal(val_x, torch.from_numpy(arrays["x_train"][dm.val_indices]).permute(0, 3, 1, 2))
+    # the held-out images are not trained on: training keeps every other image, in order
+    kept = np.setdiff1d(np.arange(50_000), dm.val_indices)
+    for i in (0, 1, 12_345, 48_999):
+        assert torch.equal(train_x[i], torch.from_numpy(arrays["x_train"][kept[i]]).permute(2, 0, 1))
+    # the same seed gives the same split
+    again = CIFAR10DataModule(path=str(CIFAR10_NPZ), val_size=1000, subset_seed=3)
+    again.setup("fit")
+    assert np.array_equal(again.val_indices, dm.val_indices)  # type: ignore[arg-type]
+    none = CIFAR10DataModule(path=str(CIFAR10_NPZ), val_size=0)
+    none.setup("fit")
+    assert none.val_dataloader() == [] and len(none.train_dataloader().dataset) == 50_000  # type: ignore[arg-type]
+
+
+def test_a_missing_data_path_says_how_to_get_the_data() -> None:
+    with pytest.raises(DataError, match=r"data.path is null.*DSE_CIFAR10_NPZ.*cifar10_torchvision"):
+        CIFAR10DataModule(path=None).setup("test")  # type: ignore[arg-type]

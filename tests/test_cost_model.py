@@ -1,9 +1,9 @@
 """Energy and latency of small models, computed by hand from the documented formulas."""
 
 import pytest
-import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
 from dse.assignment import LayerConfig
 from dse.cost.energy import EnergyModel
@@ -68,7 +68,9 @@ def test_decimal_places_width(energy: EnergyModel) -> None:
     shapes = layer_shapes(model, (3, 8, 8))
     bits = energy.estimate(model, shapes, {"0": LayerConfig(decimals=2)})["0"].weight_bits
     max_abs = float(model[0].weight.detach().abs().max())
-    assert bits == len(bin(2 * round(max_abs * 100) + 1)) - 2 or 2 ** (bits - 1) < 2 * round(max_abs * 100) + 1 <= 2**bits
+    assert (
+        bits == len(bin(2 * round(max_abs * 100) + 1)) - 2 or 2 ** (bits - 1) < 2 * round(max_abs * 100) + 1 <= 2**bits
+    )
 
 
 def test_latency_by_hand() -> None:
@@ -79,7 +81,9 @@ def test_latency_by_hand() -> None:
     t = fixed.estimate(shapes, energy.estimate(model, shapes, {}))
     assert t["0"] == pytest.approx(6912 / (16 * 0.5e9) + (108 * 32 + 448 * 32) / 8 / 1e9)
     iso = LatencyModel(pe_count=16, clock_ghz=0.5, memory_bandwidth_gbps=1.0, iso_area=True)
-    t8 = iso.estimate(shapes, energy.estimate(model, shapes, {"0": LayerConfig(weight_format="int8", activation_format="int8")}))
+    t8 = iso.estimate(
+        shapes, energy.estimate(model, shapes, {"0": LayerConfig(weight_format="int8", activation_format="int8")})
+    )
     assert t8["0"] == pytest.approx(6912 / (16 * 3.7 / 0.2 * 0.5e9) + (108 * 8 + 448 * 8) / 8 / 1e9)
     # an EvoApprox circuit's delay caps the clock: 1 / 1.43 ns < 1 GHz would not bind at 0.5 GHz, does at 2 GHz
     fast = LatencyModel(clock_ghz=2.0)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dse.assignment import LayerConfig, apply_assignment
+from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError
 from dse.numerics.decimal_places import decimal_bits, round_to_decimals
 from dse.training.models import get_model
+from dse.transform import apply_assignment
 
 
 def decimal_reference(values: np.ndarray, d: int) -> np.ndarray:
@@ -50,7 +51,9 @@ def test_assignment_changes_only_named_layers_bit_exactly() -> None:
     assert torch.equal(model.state_dict()[f"{target}.weight"], before[f"{target}.weight"])
 
 
-@pytest.mark.parametrize(("max_abs", "d", "bits"), [(0.5, 1, 4), (0.5, 4, 14), (1.27, 2, 8), (0.0004, 3, 1), (3.0, 9, 33)])
+@pytest.mark.parametrize(
+    ("max_abs", "d", "bits"), [(0.5, 1, 4), (0.5, 4, 14), (1.27, 2, 8), (0.0004, 3, 1), (3.0, 9, 33)]
+)
 def test_decimal_bits(max_abs: float, d: int, bits: int) -> None:
     # levels = 2 * round(max|w| * 10^d) + 1; bits = ceil(log2(levels))
     assert decimal_bits(max_abs, d) == bits

@@ -1,20 +1,26 @@
+import zlib
+
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from dse.assignment import LayerConfig, apply_assignment
-from dse.emulation._separable import SeparableProducts
+from dse.assignment import LayerConfig
 from dse.emulation import ApproxConv2d, ApproxLinear, approximate_layer, calibrate_ranges
+from dse.emulation._separable import SeparableProducts
 from dse.exceptions import ConfigError, SearchSpaceError
 from dse.multipliers import LutMultiplier, get_multiplier, list_multipliers, operand_values
 from dse.testing import SHAPES, emulated_pair, make_layer
 from dse.training.models import get_model
+from dse.transform import apply_assignment
 
 EVOAPPROX = sorted(n for n in list_multipliers() if n.startswith("mul8"))
-LOW_RANK = [n for n in EVOAPPROX + ["truncated_t6_s8", "drum_k4_s8", "exact_s8", "exact_u8"]
-            if SeparableProducts.usable(get_multiplier(n).table(), operand_values(8, get_multiplier(n).signed))]
+LOW_RANK = [
+    n
+    for n in [*EVOAPPROX, "truncated_t6_s8", "drum_k4_s8", "exact_s8", "exact_u8"]
+    if SeparableProducts.usable(get_multiplier(n).table(), operand_values(8, get_multiplier(n).signed))
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
@@ -27,7 +33,9 @@ def test_table_path_equals_reference(shape, multiplier: str) -> None:
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 @pytest.mark.parametrize("multiplier", LOW_RANK)
 def test_separable_path_equals_reference(shape, multiplier: str) -> None:
-    ref, fast = emulated_pair(shape, multiplier, ("reference", "separable"), seed=hash(multiplier) % 1000)
+    ref, fast = emulated_pair(
+        shape, multiplier, ("reference", "separable"), seed=zlib.crc32(multiplier.encode()) % 1000
+    )  # stable across processes
     assert torch.equal(ref, fast)
 
 
@@ -129,8 +137,11 @@ def test_apply_assignment_changes_only_named_layers() -> None:
     x = torch.randn(4, 3, 32, 32)
     names = ["features.1.0", "classifier"]
     ranges = calibrate_ranges(model, [x], names)
-    changed = apply_assignment(model, {"features.1.0": LayerConfig(multiplier="mul8s_1KVP"),
-                                       "classifier": LayerConfig(multiplier="mitchell_w6_s8")}, ranges)
+    changed = apply_assignment(
+        model,
+        {"features.1.0": LayerConfig(multiplier="mul8s_1KVP"), "classifier": LayerConfig(multiplier="mitchell_w6_s8")},
+        ranges,
+    )
     assert isinstance(changed.features[1][0], ApproxConv2d) and isinstance(changed.classifier, ApproxLinear)
     assert changed.classifier.path == "table" and changed.features[1][0].path == "separable"
     before, after = model.state_dict(), changed.state_dict()
@@ -152,7 +163,7 @@ def test_bad_inputs_name_the_layer() -> None:
     with pytest.raises(ConfigError, match="Unknown multiplier"):
         LayerConfig(multiplier="mul8u_XYZ")
     layer = approximate_layer(conv, "mul8s_1KV9", name="features.3")
-    with pytest.raises(RuntimeError, match="'features.3' has no calibrated activation range"):
+    with pytest.raises(RuntimeError, match=r"'features\.3' has no calibrated activation range"):
         layer(torch.randn(1, 3, 5, 5))
 
 

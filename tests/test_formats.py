@@ -32,26 +32,34 @@ def nearest_even(x: torch.Tensor, grid: torch.Tensor, fmt: MiniFloat) -> torch.T
             if len(cands) == 1:
                 r = cands[0]
             else:  # a tie: the even one has an even integer significand at its quantum
+
                 def even(c: float) -> bool:
                     e = max(fmt.emin, int(torch.floor(torch.log2(torch.tensor(c))).item())) if c > 0 else fmt.emin
                     return round(c / 2.0 ** (e - fmt.man_bits)) % 2 == 0
-                r = [c for c in cands if even(c)][0]
+
+                r = next(c for c in cands if even(c))
         out.append(r if v >= 0 else -r)
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("fmt", [MiniFloat(4, 3), MiniFloat(5, 2), MiniFloat(3, 2), MiniFloat(4, 3, subnormals=False)],
-                         ids=lambda f: f.name + ("_ftz" if not f.subnormals else ""))
+@pytest.mark.parametrize(
+    "fmt",
+    [MiniFloat(4, 3), MiniFloat(5, 2), MiniFloat(3, 2), MiniFloat(4, 3, subnormals=False)],
+    ids=lambda f: f.name + ("_ftz" if not f.subnormals else ""),
+)
 def test_minifloat_rounds_to_nearest_even_against_enumeration(fmt: MiniFloat) -> None:
     full = MiniFloat(fmt.exp_bits, fmt.man_bits)  # with subnormals
     grid = representable(full)
     gen = torch.Generator().manual_seed(0)
-    samples = torch.cat([
-        torch.randn(3000, generator=gen) * fmt.max_finite / 8,
-        torch.randn(2000, generator=gen) * fmt.min_normal * 2,  # the subnormal range
-        grid.float(), -grid.float(),  # every representable value maps to itself
-        ((grid[1:] + grid[:-1]) / 2).float(),  # every midpoint: a tie (exact in float32 for these formats)
-    ])
+    samples = torch.cat(
+        [
+            torch.randn(3000, generator=gen) * fmt.max_finite / 8,
+            torch.randn(2000, generator=gen) * fmt.min_normal * 2,  # the subnormal range
+            grid.float(),
+            -grid.float(),  # every representable value maps to itself
+            ((grid[1:] + grid[:-1]) / 2).float(),  # every midpoint: a tie (exact in float32 for these formats)
+        ]
+    )
     got = fmt.round(samples).double()
     expected = nearest_even(samples, grid, full)
     if not fmt.subnormals:  # flush to zero: a result that would be subnormal becomes 0
@@ -94,14 +102,17 @@ def test_unrepresentable_formats_are_rejected(bad: str) -> None:
 
 def test_formats_in_a_model() -> None:
     """Weights take their format in the copy; inputs are rounded on the way in; nothing else changes."""
-    from dse.assignment import LayerConfig, apply_assignment
+    from dse.assignment import LayerConfig
     from dse.emulation import calibrate_ranges
     from dse.training.models import get_model
+    from dse.transform import apply_assignment
 
     model = get_model("tiny_cnn").eval()
     x = torch.randn(2, 3, 32, 32)
     ranges = calibrate_ranges(model, [x], ["features.2.0"])
-    changed = apply_assignment(model, {"features.2.0": LayerConfig(weight_format="e4m3", activation_format="int8")}, ranges)
+    changed = apply_assignment(
+        model, {"features.2.0": LayerConfig(weight_format="e4m3", activation_format="int8")}, ranges
+    )
     w = changed.features[2][0].weight
     assert torch.equal(w, MiniFloat(4, 3).round(model.features[2][0].weight))
     seen = {}

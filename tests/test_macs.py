@@ -1,6 +1,6 @@
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dse.cost.macs import layer_shapes
@@ -21,11 +21,11 @@ def test_macs_match_flop_counter(name: str) -> None:
 
 def test_macs_by_hand() -> None:
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),              # 32*32*8 outputs * 3*3*3
+        nn.Conv2d(3, 8, 3, padding=1),  # 32*32*8 outputs * 3*3*3
         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),  # 16*16*8 * 9
-        nn.Conv2d(8, 4, 1),                         # 16*16*4 * 8
+        nn.Conv2d(8, 4, 1),  # 16*16*4 * 8
         nn.Flatten(),
-        nn.Linear(4 * 16 * 16, 10),                 # 1024 * 10
+        nn.Linear(4 * 16 * 16, 10),  # 1024 * 10
     )
     shapes = layer_shapes(model)
     assert [s.macs for s in shapes.values()] == [32 * 32 * 8 * 27, 16 * 16 * 8 * 9, 16 * 16 * 4 * 8, 1024 * 10]

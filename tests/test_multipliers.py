@@ -16,7 +16,8 @@ from dse.multipliers import (
 from dse.multipliers._lut import EVOAPPROX_DIR
 
 EVOAPPROX = sorted(n for n in list_multipliers() if n.startswith("mul8"))
-METRICS = {r["name"]: r for r in csv.DictReader(open(EVOAPPROX_DIR / "evoapprox_metrics.csv"))}
+with open(EVOAPPROX_DIR / "evoapprox_metrics.csv", newline="") as _f:
+    METRICS = {r["name"]: r for r in csv.DictReader(_f)}
 
 
 def test_all_25_evoapprox_circuits_are_registered() -> None:
@@ -58,15 +59,26 @@ def test_mitchell_properties() -> None:
     assert (approx <= exact).all()  # Mitchell never overestimates
     assert ((exact - approx)[nz] / exact[nz]).max() == pytest.approx(1 / 9)  # worst case 11.1% at x1 = x2 = 1/2
     assert (approx[exact == 0] == 0).all()
-    assert (approx[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]] == exact[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]]).all()
+    assert (
+        approx[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]]
+        == exact[[1, 2, 4, 8, 16, 32, 64, 128]][:, [1, 2, 4, 128]]
+    ).all()
     s = MitchellMultiplier(w=6)
     assert s.multiply(np.array(-100), np.array(27)) == -s.multiply(np.array(100), np.array(27)) == -2560
 
 
 def test_mitchell_wider_operands() -> None:
-    m = MitchellMultiplier(w=6, bits=16, signed=False)
-    assert int(m.multiply(np.array(1000), np.array(3000))) == 2_949_120  # x1 = 61/64, x2 = 29/64 (6 kept bits): 2^(9+11+1) * (x1 + x2)
-    assert int(m.multiply(np.array(1024), np.array(4096))) == 1024 * 4096  # powers of two are exact
+    m = MitchellMultiplier(w=6, bits=12, signed=False)
+    assert (
+        int(m.multiply(np.array(1000), np.array(3000))) == 2_949_120
+    )  # x1 = 61/64, x2 = 29/64 (6 kept bits): 2^(9+11+1) * (x1 + x2)
+    assert int(m.multiply(np.array(1024), np.array(2048))) == 1024 * 2048  # powers of two are exact
+
+
+@pytest.mark.parametrize("name", ["mitchell_w6_s16", "exact_u13", "truncated_t4_s1", "drum_k4_u32"])
+def test_widths_emulation_cannot_take_fail_at_construction(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"operand width must be 2\.\.12 bits.*got (16|13|1|32)"):
+        get_multiplier(name)
 
 
 def test_truncation_and_drum_by_hand() -> None:
@@ -81,11 +93,14 @@ def test_unknown_multiplier_lists_the_known_ones() -> None:
         get_multiplier("mul8u_XYZ")
 
 
-@pytest.mark.parametrize(("lut", "message"), [
-    (np.zeros((256, 128), dtype=np.int32), "shape"),
-    (np.zeros((256, 256), dtype=np.float32), "dtype"),
-    (np.zeros((100, 100), dtype=np.int32), "power-of-two"),
-])
+@pytest.mark.parametrize(
+    ("lut", "message"),
+    [
+        (np.zeros((256, 128), dtype=np.int32), "shape"),
+        (np.zeros((256, 256), dtype=np.float32), "dtype"),
+        (np.zeros((100, 100), dtype=np.int32), "power-of-two"),
+    ],
+)
 def test_bad_tables(lut: np.ndarray, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LutMultiplier(name="bad", lut=lut)

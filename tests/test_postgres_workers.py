@@ -43,7 +43,8 @@ def postgres() -> Iterator[dict[str, str]]:
         pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
-        if not shutil.which("runuser") or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+        no_user = subprocess.run(["id", "postgres"], capture_output=True, check=False).returncode
+        if not shutil.which("runuser") or no_user:
             pytest.skip("running as root without a 'postgres' user to own the cluster")
         as_user = ["runuser", "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="dse-pg-"))  # pytest's tmp_path is 0700: the postgres user could not enter
@@ -54,8 +55,22 @@ def postgres() -> Iterator[dict[str, str]]:
         shutil.chown(data, "postgres")
     port = _free_port()
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "dse"], check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         import psycopg2
 
@@ -63,19 +78,34 @@ def postgres() -> Iterator[dict[str, str]]:
         con.autocommit = True
         con.cursor().execute("CREATE DATABASE dse")
         con.close()
-        yield {"DSE_PG_HOST": "127.0.0.1", "DSE_PG_PORT": str(port), "DSE_PG_USER": "dse", "DSE_PG_PASSWORD": "",
-               "DSE_PG_DB": "dse"}
+        yield {
+            "DSE_PG_HOST": "127.0.0.1",
+            "DSE_PG_PORT": str(port),
+            "DSE_PG_USER": "dse",
+            "DSE_PG_PASSWORD": "",
+            "DSE_PG_DB": "dse",
+        }
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_one_study(postgres: dict[str, str], workdir: Path) -> None:
     env = {**os.environ, **postgres}
-    cmd = [sys.executable, "-m", "dse.search", "study=quickstart", "storage=postgres", "study.n_trials=8",
-           "data.test_subset=200", "evaluation.timing_repeats=1"]
-    workers = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dse.search",
+        "study=quickstart",
+        "storage=postgres",
+        "study.n_trials=8",
+        "data.test_subset=200",
+        "evaluation.timing_repeats=1",
+    ]
+    workers = [
+        subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs[0][-2000:] + outputs[1][-2000:]
     url = "postgresql+psycopg2://dse:@127.0.0.1:{}/dse".format(postgres["DSE_PG_PORT"])

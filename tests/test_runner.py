@@ -3,9 +3,9 @@
 import optuna
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from dse.candidate import CandidateEvaluator
-from hydra.utils import instantiate
 from dse.evaluation import Evaluator
 from dse.search_spaces import decimal_places_space
 from dse.study.objectives import Objective
@@ -15,15 +15,20 @@ from dse.training.models import get_model
 from dse.training.weights import load_weights
 from tests.conftest import compose_config
 
-GROUPS = {"first_conv": r"features\.0\.0", "depthwise": r"features\.(1|3|5)\.0", "pointwise": r"features\.(2|4|6)\.0",
-          "classifier": "classifier"}
+GROUPS = {
+    "first_conv": r"features\.0\.0",
+    "depthwise": r"features\.(1|3|5)\.0",
+    "pointwise": r"features\.(2|4|6)\.0",
+    "classifier": "classifier",
+}
 
 
 @pytest.fixture(scope="module")
 def candidates() -> CandidateEvaluator:
     model = load_weights(get_model("tiny_cnn"), "tiny_cnn_cifar10")
-    evaluator = Evaluator(CIFAR10DataModule(path="cifar10_test_subset", test_subset=100), timing_repeats=1,
-                          calibration_images=40)
+    evaluator = Evaluator(
+        CIFAR10DataModule(path="cifar10_test_subset", test_subset=100), timing_repeats=1, calibration_images=40
+    )
     return CandidateEvaluator(model, evaluator, instantiate(compose_config([]).hardware.energy))
 
 
@@ -46,8 +51,12 @@ def test_a_setup_that_always_fails_stops_the_study(candidates: CandidateEvaluato
 def test_constraint_marks_large_accuracy_drops_infeasible(candidates: CandidateEvaluator) -> None:
     space = decimal_places_space("uniform", decimals=[1, 3]).bind(candidates.model, GROUPS)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    settings = StudySettings(n_trials=3, objectives=[Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")],
-                             max_accuracy_drop=0.02, timing=False)
+    settings = StudySettings(
+        n_trials=3,
+        objectives=[Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")],
+        max_accuracy_drop=0.02,
+        timing=False,
+    )
     StudyRunner(study, space, candidates, settings).run()
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 3

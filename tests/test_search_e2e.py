@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dse.search import run_search
+from dse.study.objectives import parse_objectives
 from dse.study.storage import create_storage
 from tests.conftest import FAST, compose_config
 
@@ -54,10 +55,13 @@ def test_quickstart_records_everything_and_resumes(workdir: Path) -> None:
     by_id = {t.user_attrs["mlflow_run_id"]: t for t in trials}
     for run in children:
         trial = by_id[run.info.run_id]
-        for name, value in zip(OBJECTIVES, trial.values):
+        for name, value in zip(OBJECTIVES, trial.values, strict=False):
             assert run.data.metrics[name] == pytest.approx(value)
         assert {f"decimals.{g}" for g in ("first_conv", "depthwise", "pointwise", "classifier")} <= set(run.data.params)
         assert "layer.features.0.0.decimals" in run.data.params
+        # only the knobs this space searches: 4 group params + the 8 layers' decimal places
+        assert len(run.data.params) == 4 + 8, sorted(run.data.params)
+        assert all(v != "None" for v in run.data.params.values())
 
     # the Pareto CSV on the parent is study.best_trials
     artifacts = Path(client.download_artifacts(result.parent_run_id, "pareto", str(workdir / "dl")))
@@ -89,11 +93,19 @@ def test_quickstart_records_everything_and_resumes(workdir: Path) -> None:
 
 def test_duplicates_are_not_evaluated_and_small_spaces_are_exhausted(workdir: Path) -> None:
     # 3 distinct assignments; random sampling will propose repeats
-    overrides = ["study=quickstart", "space=decimal_places_uniform", "space.decimals=[1,2]", "sampler=random",
-                 "study.n_trials=3", "tracking=none", *FAST]
+    overrides = [
+        "study=quickstart",
+        "space=decimal_places_uniform",
+        "space.decimals=[1,2]",
+        "sampler=random",
+        "study.n_trials=3",
+        "tracking=none",
+        *FAST,
+    ]
     run_search(compose_config(overrides))
     study = load(workdir)
     trials = complete(study)
+
     def decimals_used(key: str) -> str:  # "exact", or the one d every layer got
         return key if key == "exact" else "|".join(sorted({part.split("decimals:")[1] for part in key.split(";")}))
 
@@ -107,8 +119,17 @@ def test_duplicates_are_not_evaluated_and_small_spaces_are_exhausted(workdir: Pa
 
 def test_killed_run_resumes_without_losing_trials(workdir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dse.search", "study=quickstart", "study.n_trials=6", "tracking=none",
-           "storage.heartbeat_interval=1", "storage.grace_period=2", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dse.search",
+        "study=quickstart",
+        "study.n_trials=6",
+        "tracking=none",
+        "storage.heartbeat_interval=1",
+        "storage.grace_period=2",
+        *FAST,
+    ]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = workdir / "mlruns" / "optuna.db"
     deadline = time.time() + 240
@@ -131,7 +152,7 @@ def test_killed_run_resumes_without_losing_trials(workdir: Path) -> None:
     assert len(finished) < 6
 
     time.sleep(3)  # past the grace period: the dead trial's heartbeat is stale
-    rerun = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = load(workdir)
     trials = complete(study)
@@ -143,12 +164,68 @@ def test_killed_run_resumes_without_losing_trials(workdir: Path) -> None:
     # the killed trial was failed as stale, and its parameters were evaluated by a retry
     assert study.trials[dead.number].state == TrialState.FAIL
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert dead.params.items() <= retry.params.items()  # a trial killed mid-sampling is completed by its retry
+    if "duplicate_of" in dead.user_attrs:  # killed while being found a duplicate: its retry is one too
+        assert retry.state == TrialState.PRUNED and retry.user_attrs["duplicate_of"] == dead.user_attrs["duplicate_of"]
+    else:  # the dead trial itself never blocks its retry
+        assert retry.state == TrialState.COMPLETE, retry.user_attrs.get("duplicate_of")
+
+
+def test_a_dead_running_trial_never_blocks_its_own_retry(workdir: Path) -> None:
+    """The race of a retry that sees its dead original still RUNNING (e.g. a stale cache, or a
+    storage without heartbeat): the retry must be evaluated, not pruned as a duplicate."""
+    from hydra.utils import instantiate
+
+    from dse.assignment import assignment_key
+    from dse.candidate import CandidateEvaluator
+    from dse.study.runner import StudyRunner, StudySettings
+    from dse.training.weights import build_trained_model
+
+    cfg = compose_config(["study=quickstart", "study.n_trials=2", "tracking=none", *FAST])
+    study = run_search(cfg).study
+    model = build_trained_model(cfg.model)
+    space = instantiate(cfg.space).bind(model, dict(cfg.model.layer_groups))
+    template = complete(study)[-1]
+    params = {**template.params, "decimals.classifier": 2, "decimals.first_conv": 2}
+    key = assignment_key(space.assignment(params))
+    assert key not in {t.user_attrs["assignment_key"] for t in complete(study)}
+    # a dead worker's trial, still RUNNING with its assignment key, and the retry queued for it
+    dead = optuna.trial.create_trial(
+        state=TrialState.RUNNING,
+        params=params,
+        distributions=template.distributions,
+        user_attrs={"assignment_key": key},
+    )
+    study.add_trial(dead)
+    dead_number = len(study.trials) - 1
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=params,
+            distributions=template.distributions,
+            user_attrs={"assignment_key": key},
+            system_attrs={"failed_trial": dead_number, "retry_history": [dead_number]},
+        )
+    )
+    candidates = CandidateEvaluator(
+        model, instantiate(cfg.evaluation)(instantiate(cfg.data)), instantiate(cfg.hardware.energy)
+    )
+    settings = StudySettings(n_trials=3, objectives=parse_objectives([dict(o) for o in cfg.study.objectives]))
+    StudyRunner(study, space, candidates, settings, running_is_live=True).run()
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead_number]
+    assert retry.state == TrialState.COMPLETE and "duplicate_of" not in retry.user_attrs
+    assert retry.user_attrs["assignment_key"] == key
 
 
 def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dse.search", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dse.search", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,6 +240,11 @@ def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         (["study=quickstart", "data.path=/no/such/cifar.npz"], "does not exist"),
         (["study=quickstart", "data.source=torchvision", "data.path=/tmp/no-cifar-here"], "download=true"),
         (["study=quickstart", "study.objectives=[{name: speed, direction: minimize}]"], "Unknown objective"),
+        (["study=quickstart", "study.n_trials=-3"], "a whole number >= 1"),
+        (["study=quickstart", "study.n_trials=0"], "a whole number >= 1"),
+        (["study=quickstart", "study.max_accuracy_drop=5"], "a fraction of accuracy in [0, 1]"),
+        (["study=quickstart", "space=multipliers_group", "space.multipliers=[mitchell_w6_s16]"], "2..12 bits"),
+        (["study=quickstart", "evaluation.timing_repeats=0"], "timing_repeats must be >= 1"),
     ],
 )
 def test_bad_input_fails_clearly(workdir: Path, args: list[str], message: str) -> None:
@@ -170,6 +252,7 @@ def test_bad_input_fails_clearly(workdir: Path, args: list[str], message: str) -
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (workdir / "mlruns").exists()  # rejected before any study or MLflow run is created
 
 
 def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) -> None:
@@ -188,9 +271,15 @@ def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) 
 
 def test_multiplier_study_end_to_end(workdir: Path) -> None:
     """Per-group multipliers on the tiny CNN: energy falls with the circuits' power, trials land in MLflow."""
-    overrides = ["study=mobilenet_cifar10_multipliers", "model=tiny_cnn_cifar10", "study.name=tiny_multipliers",
-                 "study.n_trials=4", "space.multipliers=[exact_s8,mul8s_1KV9,mul8s_1L2N,mitchell_w6_s8]",
-                 "evaluation.calibration_images=64", *FAST]
+    overrides = [
+        "study=mobilenet_cifar10_multipliers",
+        "model=tiny_cnn_cifar10",
+        "study.name=tiny_multipliers",
+        "study.n_trials=4",
+        "space.multipliers=[exact_s8,mul8s_1KV9,mul8s_1L2N,mitchell_w6_s8]",
+        "evaluation.calibration_images=64",
+        *FAST,
+    ]
     result = run_search(compose_config(overrides))
     trials = complete(load(workdir, "tiny_multipliers"))
     assert len(trials) == 4
@@ -201,7 +290,9 @@ def test_multiplier_study_end_to_end(workdir: Path) -> None:
         assert t.values[1] < baseline.values[1]  # 8-bit integer layers cost less energy than fp32 ones
         assert 0.0 <= t.values[0] <= 1.0
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
-    children = client.search_runs([client.get_experiment_by_name("dse").experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    children = client.search_runs(
+        [client.get_experiment_by_name("dse").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
     assert len(children) == 4
     assert any(r.data.params.get("layer.classifier.multiplier") not in (None, "None") for r in children)

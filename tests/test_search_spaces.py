@@ -20,8 +20,14 @@ def test_paper_groups_cover_every_layer_once(mobilenet) -> None:
     bound = decimal_places_space("group").bind(mobilenet, GROUPS)
     sizes = {name: len(layers) for name, (_, layers) in bound.params.items()}
     # 1 stem, 16 expansions (block 1 has none), 17 depthwise, 17 projections, 1 last conv, 1 classifier
-    assert sizes == {"decimals.first_conv": 1, "decimals.expansion": 16, "decimals.depthwise": 17,
-                     "decimals.projection": 17, "decimals.last_conv": 1, "decimals.classifier": 1}
+    assert sizes == {
+        "decimals.first_conv": 1,
+        "decimals.expansion": 16,
+        "decimals.depthwise": 17,
+        "decimals.projection": 17,
+        "decimals.last_conv": 1,
+        "decimals.classifier": 1,
+    }
     assert len(bound.layers) == 53
     assert bound.size == 10**6
 
@@ -78,11 +84,16 @@ def _sensitivity(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
 
 def test_pruning_drops_harmful_choices_only(mobilenet) -> None:
     bound = decimal_places_space("group", decimals=[1, 2, 3]).bind(mobilenet, GROUPS)
-    table = _sensitivity([
-        ("decimals", "depthwise", "1", 40.0), ("decimals", "depthwise", "2", 1.5), ("decimals", "depthwise", "3", 0.2),
-        ("decimals", "projection", "1", 0.9), ("decimals", "classifier", "1", 12.0),
-        ("multiplier", "first_conv", "1", 99.0),  # another knob: ignored
-    ])
+    table = _sensitivity(
+        [
+            ("decimals", "depthwise", "1", 40.0),
+            ("decimals", "depthwise", "2", 1.5),
+            ("decimals", "depthwise", "3", 0.2),
+            ("decimals", "projection", "1", 0.9),
+            ("decimals", "classifier", "1", 12.0),
+            ("multiplier", "first_conv", "1", 99.0),  # another knob: ignored
+        ]
+    )
     pruned = prune_space(bound, table, max_drop_points=1.0)
     grid = pruned.grid()
     assert grid["decimals.depthwise"] == [3, "exact"]
@@ -95,10 +106,10 @@ def test_pruning_drops_harmful_choices_only(mobilenet) -> None:
 
 def test_pruning_table_that_matches_nothing(mobilenet) -> None:
     bound = decimal_places_space("layer", decimals=[1, 2]).bind(mobilenet, GROUPS)
-    with pytest.raises(ConfigError, match="sensitivity.granularity"):
+    with pytest.raises(ConfigError, match=r"sensitivity\.granularity"):
         prune_space(bound, _sensitivity([("decimals", "depthwise", "1", 40.0)]), 1.0)
 
 
 def test_pruning_table_missing(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="python -m dse.sensitivity"):
+    with pytest.raises(ConfigError, match=r"python -m dse\.sensitivity"):
         load_sensitivity(tmp_path / "nope.csv")

@@ -13,7 +13,7 @@ from tests.conftest import FAST, compose_config
 
 @pytest.mark.slow
 def test_decimal_places_sensitivity_per_group(workdir: Path) -> None:
-    cfg = compose_config(["study=quickstart", "sensitivity.values=[1,4]", *FAST])
+    cfg = compose_config(["study=quickstart", "sensitivity.values=[1,4]", *FAST], "sensitivity")
     table = run_sensitivity(cfg)
     assert sorted(table["unit"].unique()) == ["classifier", "depthwise", "first_conv", "pointwise"]
     assert len(table) == 8
@@ -25,7 +25,9 @@ def test_decimal_places_sensitivity_per_group(workdir: Path) -> None:
 
     # The search skips what the table shows is harmful on its own, and never offers it.
     csv = "pruning.table=sensitivity/sensitivity_decimals.csv"
-    result = run_search(compose_config(["study=quickstart", "study.n_trials=4", csv, "pruning.max_drop_points=1.0", *FAST]))
+    result = run_search(
+        compose_config(["study=quickstart", "study.n_trials=4", csv, "pruning.max_drop_points=1.0", *FAST])
+    )
     harmful = {f"decimals.{u}" for (u, v), drop in by.items() if v == 1 and drop > 1.0}
     assert harmful, "d=1 should cost more than a point somewhere on the tiny CNN"
     choices = result.study.user_attrs["space_choices"]
@@ -39,4 +41,4 @@ def test_decimal_places_sensitivity_per_group(workdir: Path) -> None:
 
 def test_unknown_knob(workdir: Path) -> None:
     with pytest.raises(ConfigError, match="not a layer knob"):
-        run_sensitivity(compose_config(["study=quickstart", "sensitivity.knob=color"]))
+        run_sensitivity(compose_config(["study=quickstart", "sensitivity.knob=color"], "sensitivity"))

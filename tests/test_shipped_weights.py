@@ -8,10 +8,13 @@ from dse.training.models import get_model
 from dse.training.weights import list_weights, load_weights
 
 
-@pytest.mark.parametrize(("name", "builder", "card_accuracy"), [
-    ("mobilenet_v2_cifar10", "mobilenet_v2_cifar", 0.8775),
-    ("tiny_cnn_cifar10", "tiny_cnn", 0.7250),
-])
+@pytest.mark.parametrize(
+    ("name", "builder", "card_accuracy"),
+    [
+        ("mobilenet_v2_cifar10", "mobilenet_v2_cifar", 0.8775),
+        ("tiny_cnn_cifar10", "tiny_cnn", 0.7250),
+    ],
+)
 def test_shipped_checkpoint_reproduces_its_model_card(name: str, builder: str, card_accuracy: float) -> None:
     """Top-1 on the shipped 2,000-image subset, as stated in training/assets/MODEL_CARD.md."""
     assert name in list_weights()

@@ -1,11 +1,13 @@
 """CIFAR-10 as a Lightning data module, from any of three sources.
 
-- ``npz``: a shipped name (``cifar10_test_subset``) or an ``.npz`` with ``x_train/y_train/x_test/y_test`` (uint8 HWC, RGB),
-  the layout of the offline copy and of the evaluation subset shipped with dse;
+- ``npz``: a shipped name (``cifar10_test_subset``) or an ``.npz`` with
+  ``x_train/y_train/x_test/y_test`` (uint8 HWC, RGB), the layout of the evaluation subset shipped with dse;
   a file with only ``x_test/y_test`` serves evaluation only.
 - ``torchvision``: torchvision's CIFAR10 under ``root``, downloaded in
   ``prepare_data`` when ``download=True``.
 
+Training holds out ``val_size`` images of the *training* set (stratified,
+seeded) for validation; the test set is only for the final number.
 Batches stay uint8 until they reach the device; ``on_after_batch_transfer``
 converts, augments (training only) and normalises there, so the same code is
 fast on CPU and GPU. Evaluation loaders never shuffle or drop samples.
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dse.exceptions import DataError
 from dse.training.assets import resolve_asset
 
-__all__ = ["CIFAR10DataModule", "CIFAR10Arrays", "load_cifar10", "stratified_subset", "CIFAR10_MEAN", "CIFAR10_STD"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10Arrays", "CIFAR10DataModule", "load_cifar10", "stratified_subset"]
 
 _logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def _load_npz(path: Path) -> CIFAR10Arrays:
             arrays = CIFAR10Arrays(
                 x_test=d["x_test"],
                 y_test=d["y_test"].astype(np.int64),
-                x_train=d["x_train"] if "x_train" in d else None,
+                x_train=d.get("x_train", None),
                 y_train=d["y_train"].astype(np.int64) if "y_train" in d else None,
             )
     except (OSError, ValueError) as exc:  # zip/pickle errors of a corrupt file
@@ -81,7 +83,7 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
     try:
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
-    except RuntimeError as exc:  # "Dataset not found or corrupted"
+    except (RuntimeError, OSError) as exc:  # "Dataset not found or corrupted", or no network for the download
         raise DataError(
             f"torchvision CIFAR-10 not found under {str(root)!r} ({exc}). Set data.download=true "
             "with network access, or point data= at a local .npz (data=cifar10_npz data.path=...)."
@@ -94,8 +96,16 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
     )
 
 
-def load_cifar10(source: Literal["npz", "torchvision"], path: str | Path, download: bool = False) -> CIFAR10Arrays:
+def load_cifar10(
+    source: Literal["npz", "torchvision"], path: str | Path | None, download: bool = False
+) -> CIFAR10Arrays:
     """Load CIFAR-10 arrays from an ``.npz`` file or a torchvision root folder."""
+    if path is None or str(path) in ("", "None"):
+        raise DataError(
+            "No CIFAR-10 location is set (data.path is null). Give one: data.path=/path/to/cifar10.npz "
+            "(or the environment variable DSE_CIFAR10_NPZ), or data=cifar10_torchvision to download it "
+            "with torchvision into ~/.cache/dse/cifar10."
+        )
     if source == "npz":
         return _load_npz(resolve_asset(path))
     if source == "torchvision":
@@ -140,7 +150,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size of validation/test loaders (never drops samples).
         test_subset: number of test images to keep (multiple of 10), or None for all.
-        subset_seed: seed of the stratified subset.
+        subset_seed: seed of the stratified test subset and of the validation split.
+        val_size: training images held out for validation (stratified; multiple of 10; 0 = none,
+            then training uses all training images and runs no validation).
         augment: random crop (pad 4) and horizontal flip while training.
         num_workers: DataLoader workers.
     """
@@ -154,6 +166,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int = 250,
         test_subset: int | None = None,
         subset_seed: int = 0,
+        val_size: int = 5000,
         augment: bool = True,
         num_workers: int = 0,
     ) -> None:
@@ -166,10 +179,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.test_subset = test_subset
         self.subset_seed = subset_seed
+        self.val_size = val_size
         self.augment = augment
         self.num_workers = num_workers
         self.test_indices: np.ndarray | None = None
         self._train: TensorDataset | None = None
+        self._val: TensorDataset | None = None
+        self.val_indices: np.ndarray | None = None
         self._test: TensorDataset | None = None
 
     def prepare_data(self) -> None:
@@ -192,7 +208,12 @@ class CIFAR10DataModule(L.LightningDataModule):
                     f"{self.path!r} holds test images only; training needs x_train/y_train "
                     "(use the full CIFAR-10 .npz or data=cifar10_torchvision)."
                 )
-            self._train = _to_dataset(arrays.x_train, arrays.y_train)
+            train = np.ones(len(arrays.y_train), dtype=bool)
+            if self.val_size:
+                self.val_indices = stratified_subset(arrays.y_train, self.val_size, self.subset_seed)
+                train[self.val_indices] = False
+                self._val = _to_dataset(arrays.x_train[self.val_indices], arrays.y_train[self.val_indices])
+            self._train = _to_dataset(arrays.x_train[train], arrays.y_train[train])
         _logger.info("CIFAR-10 from %s (%s): %d test images", self.path, self.source, len(self._test))
 
     def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
@@ -209,8 +230,9 @@ class CIFAR10DataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._test, train=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation split of the training set (none when ``val_size`` is 0)."""
+        return self._loader(self._val, train=False) if self._val is not None else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._test, train=False)

@@ -7,12 +7,13 @@ approximate model. ``forward`` is inference; the ``*_step`` methods are loops.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 __all__ = ["ImageClassifier"]
@@ -47,8 +48,12 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.channels_last = channels_last
-        self.top1 = nn.ModuleDict({s: MulticlassAccuracy(num_classes, top_k=1, average="micro") for s in ("val", "test")})
-        self.top5 = nn.ModuleDict({s: MulticlassAccuracy(num_classes, top_k=5, average="micro") for s in ("val", "test")})
+        self.top1 = nn.ModuleDict(
+            {s: MulticlassAccuracy(num_classes, top_k=1, average="micro") for s in ("val", "test")}
+        )
+        self.top5 = nn.ModuleDict(
+            {s: MulticlassAccuracy(num_classes, top_k=5, average="micro") for s in ("val", "test")}
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -58,7 +63,7 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams["label_smoothing"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
         return loss
@@ -66,11 +71,12 @@ class ImageClassifier(L.LightningModule):
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
         logits = self(x).float()
-        self.top1[stage](logits, y)
-        self.top5[stage](logits, y)
+        top1, top5 = cast(Metric, self.top1[stage]), cast(Metric, self.top5[stage])
+        top1(logits, y)
+        top5(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y))
-        self.log(f"{stage}/acc_top1", self.top1[stage], prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/acc_top5", self.top5[stage], batch_size=len(y))
+        self.log(f"{stage}/acc_top1", top1, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc_top5", top5, batch_size=len(y))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -79,19 +85,23 @@ class ImageClassifier(L.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in self.net.parameters():
             (decay if p.ndim > 1 else no_decay).append(p)  # BN weights/biases are 1-D
         optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            momentum=self.hparams.momentum,
+            [
+                {"params": decay, "weight_decay": self.hparams["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams["lr"],
+            momentum=self.hparams["momentum"],
             nesterov=True,
         )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=self.hparams.lr,
+            max_lr=self.hparams["lr"],
             total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=self.hparams.warmup_pct,
+            pct_start=self.hparams["warmup_pct"],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

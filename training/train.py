@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -54,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = str(last) if last.is_file() else None
     _logger.info("Training %s; checkpoints in %s%s", cfg.model.name, ckpt_dir, f" (resuming {last})" if resume else "")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    metrics: dict[str, Any] = trainer.test(module, datamodule=datamodule)[0]
+    metrics = trainer.test(module, datamodule=datamodule)[0]
     if cfg.get("export_path"):
         path = save_weights(module.net.to(memory_format=torch.contiguous_format), cfg.export_path)
         _logger.info("Exported weights to %s: %s", path, metrics)

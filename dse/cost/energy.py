@@ -33,16 +33,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
-import torch.nn as nn
+from torch import nn
 
-from dse.assignment import Assignment, LayerConfig, targetable_layers
+from dse.assignment import Assignment, LayerConfig, TargetableLayer, targetable_layers
 from dse.cost.macs import LayerShape
 from dse.exceptions import ConfigError
 from dse.multipliers import Multiplier, get_multiplier
 from dse.numerics.decimal_places import decimal_bits
 from dse.numerics.formats import FixedPoint, MiniFloat, parse_format
 
-__all__ = ["EnergyModel", "LayerEnergy", "Operand", "FP32"]
+__all__ = ["FP32", "EnergyModel", "LayerEnergy", "Operand"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class EnergyModel:
             return Operand("int", fmt.bits, fmt.bits)
         return FP32
 
-    def weight_operand(self, module: nn.Module, config: LayerConfig) -> Operand:
+    def weight_operand(self, module: TargetableLayer, config: LayerConfig) -> Operand:
         if config.multiplier is not None:
             bits = get_multiplier(config.multiplier).bits
             return Operand("int", bits, bits)
@@ -150,7 +150,7 @@ class EnergyModel:
             return self._format_operand(config.activation_format)
         return FP32
 
-    def weight_bits(self, module: nn.Module, config: LayerConfig) -> int:
+    def weight_bits(self, module: TargetableLayer, config: LayerConfig) -> int:
         """Storage width of a layer's weights under ``config``."""
         return self.weight_operand(module, config).bits
 
@@ -162,8 +162,10 @@ class EnergyModel:
             if multiplier is not None:
                 ratio = multiplier.power_ratio
                 if ratio is None:
-                    warnings.warn(f"Multiplier {multiplier.name!r} has no power figure; its energy is taken as exact.",
-                                  stacklevel=2)
+                    warnings.warn(
+                        f"Multiplier {multiplier.name!r} has no power figure; its energy is taken as exact.",
+                        stacklevel=2,
+                    )
                     ratio = 1.0
                 energy *= ratio
             return energy
@@ -176,7 +178,9 @@ class EnergyModel:
         return self.int32_add_pj if w.kind == "int" and a.kind == "int" else self.fp32_add_pj
 
     # -- per layer --------------------------------------------------------------------
-    def layer_energy(self, shape: LayerShape, w: Operand, a: Operand, multiplier: Multiplier | None = None) -> LayerEnergy:
+    def layer_energy(
+        self, shape: LayerShape, w: Operand, a: Operand, multiplier: Multiplier | None = None
+    ) -> LayerEnergy:
         assert self.memory_pj_per_64bit is not None and self.weight_memory and self.activation_memory
         weight_mem = self.memory_pj_per_64bit[self.weight_memory]
         act_mem = self.memory_pj_per_64bit[self.activation_memory]

@@ -41,15 +41,21 @@ class LatencyModel:
     def __post_init__(self) -> None:
         for field_name in ("pe_count", "clock_ghz", "memory_bandwidth_gbps", "fp32_mul_pj"):
             if not getattr(self, field_name) > 0:
-                raise ConfigError(f"Latency preset {self.name!r}: {field_name} must be > 0, got {getattr(self, field_name)}.")
+                raise ConfigError(
+                    f"Latency preset {self.name!r}: {field_name} must be > 0, got {getattr(self, field_name)}."
+                )
 
     def clock_hz(self, energies: Mapping[str, LayerEnergy]) -> float:
         delays = [e.multiplier_delay_ns for e in energies.values() if e.multiplier_delay_ns]
         limit = min([self.clock_ghz] + [1.0 / d for d in delays])
         return limit * 1e9
 
-    def estimate(self, shapes: Mapping[str, LayerShape], energies: Mapping[str, LayerEnergy],
-                 assignment: Assignment | None = None) -> dict[str, float]:
+    def estimate(
+        self,
+        shapes: Mapping[str, LayerShape],
+        energies: Mapping[str, LayerEnergy],
+        assignment: Assignment | None = None,
+    ) -> dict[str, float]:
         """Seconds per layer for one inference."""
         f = self.clock_hz(energies)
         out = {}
@@ -59,6 +65,8 @@ class LatencyModel:
             if self.iso_area and shape.macs:
                 pes *= self.fp32_mul_pj / (e.multiply_pj / shape.macs)
             compute = shape.macs / (pes * f)
-            traffic_bytes = (shape.weight_numel * e.weight_bits + (shape.input_numel + shape.output_numel) * e.activation_bits) / 8
+            traffic_bytes = (
+                shape.weight_numel * e.weight_bits + (shape.input_numel + shape.output_numel) * e.activation_bits
+            ) / 8
             out[name] = compute + traffic_bytes / (self.memory_bandwidth_gbps * 1e9)
         return out

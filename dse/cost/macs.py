@@ -7,12 +7,13 @@ counts 2 FLOPs per MAC for the same layers (checked in tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from dse.assignment import targetable_layers
+from dse.assignment import TargetableLayer, targetable_layers
 
 __all__ = ["LayerShape", "layer_shapes"]
 
@@ -43,7 +44,7 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
     layers = targetable_layers(model)
     shapes: dict[str, LayerShape] = {}
 
-    def hook(name: str, module: nn.Module):
+    def hook(name: str, module: TargetableLayer) -> Callable[..., None]:
         def record(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             weight = module.weight
             per_output = weight[0].numel()  # (C_in/groups) * kh * kw, or in_features

@@ -2,6 +2,8 @@
 
 - :mod:`.reference`: unfold + one lookup per product (the oracle);
 - :mod:`._separable`: exact conv + integer low-rank error convolutions (fast, low-rank tables);
+- :mod:`._fused`: the same factors as one lookup (or a floor) + one conv (signed tables);
+- :mod:`._exact_sums`: integer sums kept exact in floating point;
 - :mod:`._tables`: weight-specific lookup tables (any table);
 - :mod:`.layers`: the drop-in ``ApproxConv2d`` / ``ApproxLinear``;
 - :mod:`.calibration`: activation ranges measured once.
@@ -11,5 +13,12 @@ from .calibration import calibrate_ranges
 from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer
 from .reference import lut_conv2d_reference, lut_linear_reference
 
-__all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer", "calibrate_ranges",
-           "lut_conv2d_reference", "lut_linear_reference"]
+__all__ = [
+    "ApproxConv2d",
+    "ApproxLinear",
+    "EmulationPath",
+    "approximate_layer",
+    "calibrate_ranges",
+    "lut_conv2d_reference",
+    "lut_linear_reference",
+]

@@ -30,7 +30,7 @@ def integer_factorization(error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     >>> E = np.array([[2, 4], [3, 6], [0, 0]])
     >>> A, B = integer_factorization(E)
-    >>> (A @ B == E).all(), B.shape[0]
+    >>> bool((A @ B == E).all()), B.shape[0]
     (True, 1)
     """
     rows = [np.array([int(v) for v in row], dtype=object) for row in np.asarray(error)]
@@ -59,6 +59,6 @@ def integer_factorization(error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             A[i, j] = coef
             rest = rest - coef * B[j]
         assert not np.any(rest != 0), "factorization bug: residual"
-    if A.size and max(abs(int(v)) for v in A.flat) >= 2**53 or B.size and max(abs(int(v)) for v in B.flat) >= 2**53:
+    if (A.size and max(abs(int(v)) for v in A.flat) >= 2**53) or (B.size and max(abs(int(v)) for v in B.flat) >= 2**53):
         raise OverflowError("integer factors exceed 2^53")
     return A.astype(np.int64), B.astype(np.int64)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._exact_sums import accumulator_dtype
+from .reference import conv_output_size
 
 __all__ = ["TableProducts"]
 
@@ -27,7 +28,9 @@ class TableProducts:
         self.size = lut.shape[0]
         self.max_term = float(lut.abs().max())
 
-    def _unfold(self, x_idx: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    def _unfold(
+        self, x_idx: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+    ) -> torch.Tensor:
         return F.unfold(x_idx.float(), kernel, dilation=dilation, stride=stride).long()  # indices < 2^24: exact
 
     def conv2d(
@@ -36,8 +39,7 @@ class TableProducts:
         n, c, h, w = x_idx.shape
         o, cg, kh, kw = w_idx.shape
         k = cg * kh * kw
-        h_out = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        w_out = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        h_out, w_out = conv_output_size((h, w), (kh, kw), stride, dilation)
         dtype = accumulator_dtype(k, self.max_term)
         cols = self._unfold(x_idx, (kh, kw), stride, dilation)  # (N, C*K', L)
         lut_t = self.lut.to(x_idx.device).t().to(dtype)  # lut_t[b, a] = lut[a, b]

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 __all__ = ["calibrate_ranges"]
 
 
 @torch.no_grad()
-def calibrate_ranges(model: nn.Module, batches: Iterable[torch.Tensor], layers: Sequence[str]) -> dict[str, tuple[float, float]]:
+def calibrate_ranges(
+    model: nn.Module, batches: Iterable[torch.Tensor], layers: Sequence[str]
+) -> dict[str, tuple[float, float]]:
     """Min and max of the input of each named layer over ``batches`` (exact forward, eval mode)."""
     modules = dict(model.named_modules())
     ranges: dict[str, list[float]] = {}

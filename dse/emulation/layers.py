@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from dse.exceptions import ConfigError
 from dse.multipliers import Multiplier, get_multiplier, operand_values
-from dse.numerics.quantization import qrange, quantize, weight_qparams
+from dse.numerics.quantization import activation_qparams, qrange, quantize, weight_qparams
 
 from ._exact_sums import accumulator_dtype
-from ._separable import FusedSeparable, SeparableProducts
+from ._fused import FusedSeparable
+from ._separable import SeparableProducts
 from ._tables import TableProducts
 from .reference import lut_conv2d_reference, lut_linear_reference
 
@@ -43,21 +44,32 @@ EmulationPath = Literal["auto", "reference", "separable", "table"]
 _PATHS = ("auto", "reference", "separable", "table")
 
 
-class _Emulated:
-    """What ApproxConv2d and ApproxLinear share: quantization, calibration state, path choice."""
+class _Emulated(nn.Module):
+    """What ApproxConv2d and ApproxLinear share: quantization, calibration state, path choice.
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    A mixin placed before ``nn.Conv2d`` / ``nn.Linear``, which provide ``weight`` and ``bias``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     act_range: torch.Tensor
 
-    def _init_emulation(self, multiplier: Multiplier | str, path: EmulationPath, per_channel: bool, name: str,
-                        bits: int | None, signed: bool | None) -> None:
+    def _init_emulation(
+        self,
+        multiplier: Multiplier | str,
+        path: EmulationPath,
+        per_channel: bool,
+        name: str,
+        bits: int | None,
+        signed: bool | None,
+    ) -> None:
         mult = get_multiplier(multiplier) if isinstance(multiplier, str) else multiplier
         if path not in _PATHS:
             raise ConfigError(f"Layer {name!r}: unknown emulation path {path!r}; choose one of {list(_PATHS)}.")
         if bits is not None and bits != mult.bits:
             raise ConfigError(
-                f"Layer {name!r} is quantized to {bits} bits, but multiplier {mult.name!r} takes {mult.bits}-bit operands. "
+                f"Layer {name!r} is quantized to {bits} bits, but multiplier {mult.name!r} "
+                f"takes {mult.bits}-bit operands. "
                 f"Quantize the layer to {mult.bits} bits or choose a {bits}-bit multiplier."
             )
         if signed is not None and signed != mult.signed:
@@ -79,16 +91,18 @@ class _Emulated:
         self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
         self._separable = SeparableProducts(table, values) if path == "separable" else None
         # signed tables (zero point 0): one lookup + one conv, when the sums fit float32
-        self._fused = FusedSeparable(self._separable, values, table) if self._separable is not None and mult.signed else None
+        self._fused = (
+            FusedSeparable(self._separable, values, table) if self._separable is not None and mult.signed else None
+        )
         if self._fused is not None and not self._fused.fits(self._terms_per_output()):
             self._fused = None
         self._tables = TableProducts(self._lut) if path == "table" else None
         self._cache: dict[str, Any] = {}
-        self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))  # type: ignore[attr-defined]
+        self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
         """``.to(device)`` moves the lookup tables too, keeping their dtypes (they must stay exact)."""
-        result = super()._apply(fn, recurse)  # type: ignore[misc]
+        result = super()._apply(fn, recurse)
         device = self.weight.device
         self._lut = self._lut.to(device)
         if self._separable is not None:
@@ -114,23 +128,17 @@ class _Emulated:
         if not self.calibrated:
             raise RuntimeError(
                 f"Layer {self.layer_name!r} has no calibrated activation range; call "
-                "dse.emulation.calibrate_ranges on the exact model and set_activation_range (apply_multipliers does both)."
+                "dse.emulation.calibrate_ranges on the exact model and set_activation_range "
+                "(dse.transform.apply_assignment does both)."
             )
-        lo, hi = (float(v) for v in self.act_range)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        if self.signed:
-            scale = max(hi, -lo) / (2 ** (self.bits - 1) - 1)
-            zero = 0.0
-        else:
-            scale = (hi - lo) / (2**self.bits - 1)
-            zero = float(round(-lo / scale)) if scale > 0 else 0.0
-        return (scale if scale > 0 else 1.0), zero
+        p = activation_qparams(float(self.act_range[0]), float(self.act_range[1]), self.bits, self.signed)
+        return float(p.scale), float(p.zero_point)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         key = prefix + "act_range"
         if key not in state_dict:  # an original Conv2d/Linear state_dict: keep the current range
             state_dict = {**state_dict, key: self.act_range.clone()}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)  # type: ignore[misc]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- operands -----------------------------------------------------------------------
     def _quantize_input(self, x: torch.Tensor, zero: float, scale: float, offset: float = 0.0) -> torch.Tensor:
@@ -153,8 +161,13 @@ class _Emulated:
         zero = p.zero_point.to(self.weight.device).view(shape)
         wq = quantize(self.weight.detach().float(), scale, zero, self.bits, self.signed)
         w_idx = self._index(wq)
-        cache: dict[str, Any] = {"key": key, "wq": wq, "w_idx": w_idx, "w_scale": p.scale.to(self.weight.device),
-                                 "w_zero": p.zero_point.to(self.weight.device)}
+        cache: dict[str, Any] = {
+            "key": key,
+            "wq": wq,
+            "w_idx": w_idx,
+            "w_scale": p.scale.to(self.weight.device),
+            "w_zero": p.zero_point.to(self.weight.device),
+        }
         cache["w_sum"] = wq.reshape(wq.shape[0], -1).sum(dim=1)
         if self._fused is not None:
             cache["w_stack"] = self._fused.weight_stack(wq)
@@ -173,15 +186,28 @@ class _Emulated:
             bound += 3.0 * max(abs(lo), abs(hi)) ** 2
         return accumulator_dtype(self._terms_per_output(), bound)
 
-    def _finish(self, acc: torch.Tensor, x_sum: torch.Tensor | None, zero: float, scale: float, w: dict[str, Any],
-                out_shape: tuple[int, ...]) -> torch.Tensor:
+    def _finish(
+        self,
+        acc: torch.Tensor,
+        x_sum: torch.Tensor | None,
+        zero: float,
+        scale: float,
+        w: dict[str, Any],
+        out_shape: tuple[int, ...],
+    ) -> torch.Tensor:
         """Zero-point corrections and rescaling; shared by every path so they agree bit for bit."""
         dtype = self._accumulator_dtype()
         acc = acc.to(dtype)
         view = (1, -1) + (1,) * (len(out_shape) - 2)
         if not self.signed:
+            assert x_sum is not None, "unsigned operands need the activation sums"
             zw = w["w_zero"].to(dtype).view(view)
-            acc = acc - zw * x_sum.to(dtype) - zero * w["w_sum"].to(dtype).view(view) + self._terms_per_output() * zero * zw  # type: ignore[union-attr]
+            acc = (
+                acc
+                - zw * x_sum.to(dtype)
+                - zero * w["w_sum"].to(dtype).view(view)
+                + self._terms_per_output() * zero * zw
+            )
         combined = (scale * w["w_scale"].double()).to(dtype).view(view)
         if dtype == torch.float32 and self.bias is not None:
             return torch.addcmul(self.bias.view(view), acc, combined)  # one pass
@@ -190,78 +216,153 @@ class _Emulated:
             y = y + self.bias.view(view)
         return y
 
-    def extra_repr(self) -> str:  # type: ignore[override]
-        return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}"  # type: ignore[misc]
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}"
 
 
 class ApproxConv2d(_Emulated, nn.Conv2d):
     """A Conv2d (any stride, padding, dilation, groups) whose products come from ``multiplier``."""
 
-    def __init__(self, *args: Any, multiplier: Multiplier | str = "exact_s8", path: EmulationPath = "auto",
-                 per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        multiplier: Multiplier | str = "exact_s8",
+        path: EmulationPath = "auto",
+        per_channel: bool = True,
+        name: str = "",
+        bits: int | None = None,
+        signed: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ConfigError(f"Layer {name!r}: only numeric zero padding is emulated, got {self.padding!r}/{self.padding_mode!r}.")
+            raise ConfigError(
+                f"Layer {name!r}: only numeric zero padding is emulated, got {self.padding!r}/{self.padding_mode!r}."
+            )
         self._init_emulation(multiplier, path, per_channel, name, bits, signed)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                  per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None) -> ApproxConv2d:
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, conv.bias is not None, conv.padding_mode, multiplier=multiplier, path=path,
-                    per_channel=per_channel, name=name, bits=bits, signed=signed, device=conv.weight.device,
-                    dtype=conv.weight.dtype)
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        multiplier: Multiplier | str,
+        path: EmulationPath = "auto",
+        per_channel: bool = True,
+        name: str = "",
+        bits: int | None = None,
+        signed: bool | None = None,
+    ) -> ApproxConv2d:
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            multiplier=multiplier,
+            path=path,
+            per_channel=per_channel,
+            name=name,
+            bits=bits,
+            signed=signed,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         layer.load_state_dict(conv.state_dict(), strict=False)
         return layer
+
+    def _geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """Stride, numeric padding (checked in ``__init__``) and dilation as int pairs."""
+        return (
+            cast(tuple[int, int], self.stride),
+            cast(tuple[int, int], self.padding),
+            cast(tuple[int, int], self.dilation),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero = self._activation_qparams()
         w = self._weights()
-        ph, pw = self.padding  # type: ignore[misc]
+        stride, padding, dilation = self._geometry()
+        ph, pw = padding
         if self._fused is not None:
             if self._fused.shift is not None:  # factors by arithmetic; floor(0) = 0, so zero padding is exact
                 idx = self._fused.shifted_values(self._quantize_input(x, zero, scale))
             else:
                 idx = self._quantize_input(x, zero, scale, self._fused.offset).to(torch.int32)
-            padding = self.padding
             if (ph or pw) and not self._fused.zero_row_is_zero:  # the zero operand's row must be padded in
                 idx, padding = F.pad(idx, (pw, pw, ph, ph), value=self._fused.offset), (0, 0)
-            acc = self._fused.conv2d(idx, w["w_stack"], self.stride, padding, self.dilation, self.groups, self.out_channels)  # type: ignore[arg-type]
+            acc = self._fused.conv2d(idx, w["w_stack"], stride, padding, dilation, self.groups, self.out_channels)
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape))
         xq = F.pad(self._quantize_input(x, zero, scale), (pw, pw, ph, ph), value=zero)  # real 0 -> zero point
-        stride, dilation = self.stride, self.dilation
         if self.path == "reference":
-            acc = lut_conv2d_reference(self._index(xq), w["w_idx"], self._lut.to(x.device), stride, dilation, self.groups)  # type: ignore[arg-type]
+            acc = lut_conv2d_reference(
+                self._index(xq), w["w_idx"], self._lut.to(x.device), stride, dilation, self.groups
+            )
         elif self.path == "table":
             assert self._tables is not None
-            acc = self._tables.conv2d(self._index(xq), w["w_idx"], stride, dilation, self.groups)  # type: ignore[arg-type]
+            acc = self._tables.conv2d(self._index(xq), w["w_idx"], stride, dilation, self.groups)
         else:
             assert self._separable is not None
-            acc = self._separable.conv2d(xq, self._index(xq), w["wq"], w.get("w_factors"), stride, dilation, self.groups)  # type: ignore[arg-type]
+            acc = self._separable.conv2d(
+                xq, self._index(xq), w["wq"], w.get("w_factors"), stride, dilation, self.groups
+            )
         x_sum = None
         if not self.signed:
-            ones = torch.ones(self.groups, self.in_channels // self.groups, *self.kernel_size, device=x.device, dtype=torch.float64)
+            ones = torch.ones(
+                self.groups, self.in_channels // self.groups, *self.kernel_size, device=x.device, dtype=torch.float64
+            )
             x_sum = F.conv2d(xq.double(), ones, None, stride, 0, dilation, self.groups)
             x_sum = x_sum.repeat_interleave(self.out_channels // self.groups, dim=1)
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
 
 
-class ApproxLinear(_Emulated, nn.Linear):
+class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, Conv2d.bias as Tensor | None
     """A Linear layer whose products come from ``multiplier``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, multiplier: Multiplier | str = "exact_s8",
-                 path: EmulationPath = "auto", per_channel: bool = True, name: str = "", bits: int | None = None,
-                 signed: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        multiplier: Multiplier | str = "exact_s8",
+        path: EmulationPath = "auto",
+        per_channel: bool = True,
+        name: str = "",
+        bits: int | None = None,
+        signed: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(in_features, out_features, bias, **kwargs)
         self._init_emulation(multiplier, path, per_channel, name, bits, signed)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                    per_channel: bool = True, name: str = "", bits: int | None = None, signed: bool | None = None) -> ApproxLinear:
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, multiplier=multiplier, path=path,
-                    per_channel=per_channel, name=name, bits=bits, signed=signed, device=linear.weight.device,
-                    dtype=linear.weight.dtype)
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        multiplier: Multiplier | str,
+        path: EmulationPath = "auto",
+        per_channel: bool = True,
+        name: str = "",
+        bits: int | None = None,
+        signed: bool | None = None,
+    ) -> ApproxLinear:
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            multiplier=multiplier,
+            path=path,
+            per_channel=per_channel,
+            name=name,
+            bits=bits,
+            signed=signed,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         layer.load_state_dict(linear.state_dict(), strict=False)
         return layer
 
@@ -271,8 +372,11 @@ class ApproxLinear(_Emulated, nn.Linear):
         lead = x.shape[:-1]
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
         if self._fused is not None:
-            operands = (self._fused.shifted_values(xq) if self._fused.shift is not None
-                        else xq.add_(self._fused.offset).to(torch.int32))
+            operands = (
+                self._fused.shifted_values(xq)
+                if self._fused.shift is not None
+                else xq.add_(self._fused.offset).to(torch.int32)
+            )
             acc = self._fused.linear(operands, w["w_stack"])
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         if self.path == "reference":
@@ -287,9 +391,15 @@ class ApproxLinear(_Emulated, nn.Linear):
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
 
 
-def approximate_layer(module: nn.Module, multiplier: Multiplier | str, path: EmulationPath = "auto",
-                      per_channel: bool = True, name: str = "", bits: int | None = None,
-                      signed: bool | None = None) -> nn.Module:
+def approximate_layer(
+    module: nn.Module,
+    multiplier: Multiplier | str,
+    path: EmulationPath = "auto",
+    per_channel: bool = True,
+    name: str = "",
+    bits: int | None = None,
+    signed: bool | None = None,
+) -> ApproxConv2d | ApproxLinear:
     """The emulated twin of a Conv2d or Linear (same weights, same state_dict keys + act_range).
 
     ``bits``/``signed``, when given, must match the multiplier's operands (else a ConfigError).

@@ -10,9 +10,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["lut_conv2d_reference", "lut_linear_reference"]
+__all__ = ["conv_output_size", "lut_conv2d_reference", "lut_linear_reference"]
 
 _CHUNK_ELEMENTS = 2**25  # bound the (N, O, K, L) gather's memory
+
+
+def conv_output_size(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int]:
+    """Output height and width of a convolution over an already padded ``size`` input.
+
+    >>> conv_output_size((34, 34), (3, 3), (2, 2), (1, 1))
+    (16, 16)
+    """
+    h, w = ((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(size, kernel, stride, dilation, strict=True))
+    return h, w
 
 
 def lut_conv2d_reference(
@@ -24,12 +36,11 @@ def lut_conv2d_reference(
     groups: int,
 ) -> torch.Tensor:
     """(N, O, H', W') int64 sums of ``lut[x, w]`` for a conv over an already padded input."""
-    n, c, h, w = x_idx.shape
+    n, _, h, w = x_idx.shape
     o, cg, kh, kw = w_idx.shape
     size = lut.shape[0]
     cols = F.unfold(x_idx.double(), (kh, kw), dilation=dilation, stride=stride).long()  # (N, C*kh*kw, L)
-    h_out = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out, w_out = conv_output_size((h, w), (kh, kw), stride, dilation)
     k = cg * kh * kw
     cols = cols.view(n, groups, k, -1)
     weights = w_idx.reshape(groups, o // groups, k)

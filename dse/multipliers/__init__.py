@@ -11,20 +11,34 @@ duplicate name.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from dse.exceptions import ConfigError
 
 from ._base import ErrorStats, Multiplier, operand_values
+from ._drum import DrumMultiplier
+from ._exact import ExactMultiplier
 from ._lut import EVOAPPROX_DIR, LutMultiplier, load_lut_library
-from ._parametric import DrumMultiplier, ExactMultiplier, MitchellMultiplier, TruncatedMultiplier
+from ._mitchell import MitchellMultiplier
+from ._truncated import TruncatedMultiplier
 
 __all__ = [
-    "Multiplier", "ErrorStats", "ExactMultiplier", "MitchellMultiplier", "TruncatedMultiplier", "DrumMultiplier",
-    "LutMultiplier", "load_lut_library", "register_multiplier", "get_multiplier", "list_multipliers", "operand_values",
+    "DrumMultiplier",
+    "ErrorStats",
+    "ExactMultiplier",
+    "LutMultiplier",
+    "MitchellMultiplier",
+    "Multiplier",
+    "TruncatedMultiplier",
+    "get_multiplier",
+    "list_multipliers",
+    "load_lut_library",
+    "operand_values",
+    "register_multiplier",
 ]
 
 _FACTORIES: dict[str, Callable[[], Multiplier]] = {}
@@ -57,7 +71,7 @@ def _parse_parametric(name: str) -> Multiplier | None:
     return DrumMultiplier(k=int(m.group(5)), bits=bits, signed=signed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_multiplier(name: str) -> Multiplier:
     """The multiplier called ``name`` (cached: tables are built once per process)."""
     if name in _FACTORIES:
@@ -79,19 +93,28 @@ def get_multiplier(name: str) -> Multiplier:
 
 
 def _register_builtins() -> None:
-    for signed in (True, False):
-        for bits in (8,):
-            tag = f"{'s' if signed else 'u'}{bits}"
-            register_multiplier(f"exact_{tag}", lambda s=signed, b=bits: ExactMultiplier(bits=b, signed=s))
-            for w in (2, 3, 4, 5, 6, 7):
-                register_multiplier(f"mitchell_w{w}_{tag}", lambda w=w, s=signed, b=bits: MitchellMultiplier(w=w, bits=b, signed=s))
-            for t in (2, 4, 6, 8):
-                register_multiplier(f"truncated_t{t}_{tag}", lambda t=t, s=signed, b=bits: TruncatedMultiplier(t=t, bits=b, signed=s))
-            for k in (3, 4, 5, 6):
-                register_multiplier(f"drum_k{k}_{tag}", lambda k=k, s=signed, b=bits: DrumMultiplier(k=k, bits=b, signed=s))
+    # The listed parameters of each family; the name grammar accepts any other (mitchell_w5_s8).
+    for tag in ("s8", "u8"):
+        names = [f"exact_{tag}"]
+        names += [f"mitchell_w{w}_{tag}" for w in (2, 3, 4, 5, 6, 7)]
+        names += [f"truncated_t{t}_{tag}" for t in (2, 4, 6, 8)]
+        names += [f"drum_k{k}_{tag}" for k in (3, 4, 5, 6)]
+        for name in names:
+            register_multiplier(name, functools.partial(_parse_parametric_or_fail, name))
     library = load_lut_library(EVOAPPROX_DIR / "evoapprox_luts.npz", EVOAPPROX_DIR / "evoapprox_metrics.csv")
     for name, mult in library.items():
-        register_multiplier(name, lambda m=mult: m)
+        register_multiplier(name, functools.partial(_identity, mult))
+
+
+def _identity(multiplier: Multiplier) -> Multiplier:
+    return multiplier
+
+
+def _parse_parametric_or_fail(name: str) -> Multiplier:
+    multiplier = _parse_parametric(name)
+    if multiplier is None:
+        raise ConfigError(f"{name!r} is not a parametric multiplier name.")
+    return multiplier
 
 
 _register_builtins()

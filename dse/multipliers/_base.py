@@ -14,13 +14,49 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["Multiplier", "ErrorStats", "operand_values", "sign_magnitude"]
+from dse.exceptions import ConfigError
+from dse.numerics.quantization import qrange
+
+__all__ = [
+    "MAX_TABLE_BITS",
+    "ErrorStats",
+    "Multiplier",
+    "check_bits",
+    "leading_one",
+    "operand_values",
+    "sign_magnitude",
+]
+
+# Emulation builds the full 2^b x 2^b table; 12 bits is 16 M entries (128 MiB of int64).
+MAX_TABLE_BITS = 12
 
 
 def operand_values(bits: int, signed: bool) -> np.ndarray:
     """The operand value of every table index: 0..2^b-1, or two's complement for signed."""
     idx = np.arange(2**bits, dtype=np.int64)
     return np.where(idx >= 2 ** (bits - 1), idx - 2**bits, idx) if signed else idx
+
+
+def check_bits(name: str, bits: int) -> None:
+    """Reject operand widths emulation cannot take, at construction (not at the first trial)."""
+    if not 2 <= bits <= MAX_TABLE_BITS:
+        raise ConfigError(
+            f"{name}: operand width must be 2..{MAX_TABLE_BITS} bits (emulation builds the full 2^b x 2^b table), "
+            f"got {bits}; 8-bit operands are the usual choice (names ending in _s8 / _u8)."
+        )
+
+
+def leading_one(a: np.ndarray) -> np.ndarray:
+    """Position of the most significant 1 of each positive integer (floor(log2 a)); -1 for 0.
+
+    >>> leading_one(np.array([0, 1, 2, 3, 255])).tolist()
+    [-1, 0, 1, 1, 7]
+    """
+    a = np.asarray(a, dtype=np.int64)
+    k = np.full(a.shape, -1, dtype=np.int64)
+    for bit in range(63):
+        k = np.where((a >> bit) > 0, bit, k)
+    return k
 
 
 def sign_magnitude(unsigned_fn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -72,8 +108,7 @@ class Multiplier(abc.ABC):
 
     @cached_property
     def _table(self) -> np.ndarray:
-        if self.bits > 12:
-            raise ValueError(f"{self.name}: a {self.bits}-bit table would have {4**self.bits} entries; emulate <= 12 bits.")
+        check_bits(self.name, self.bits)
         v = operand_values(self.bits, self.signed)
         lut = np.asarray(self.multiply(v[:, None], v[None, :]), dtype=np.int64)
         lut.setflags(write=False)
@@ -107,7 +142,7 @@ class Multiplier(abc.ABC):
 
     @property
     def operand_range(self) -> tuple[int, int]:
-        return (-(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1) if self.signed else (0, 2**self.bits - 1)
+        return qrange(self.bits, self.signed)
 
     def __repr__(self) -> str:
         kind = "signed" if self.signed else "unsigned"

@@ -12,7 +12,7 @@ from dse.exceptions import ConfigError
 
 from ._base import Multiplier, operand_values
 
-__all__ = ["LutMultiplier", "load_lut_library", "EVOAPPROX_DIR"]
+__all__ = ["EVOAPPROX_DIR", "LutMultiplier", "load_lut_library"]
 
 EVOAPPROX_DIR = Path(__file__).resolve().parent / "data"
 
@@ -82,15 +82,18 @@ def load_lut_library(npz: str | Path, metrics_csv: str | Path | None = None) -> 
     with np.load(npz) as data:
         tables = {k: data[k] for k in data.files}
     result: dict[str, LutMultiplier] = {}
-    signed_of = {k: rows.get(k, {}).get("signedness", "signed" if "8s_" in k or k.endswith("_s") else "unsigned") == "signed"
-                 for k in tables}
+    signed_of = {
+        k: rows.get(k, {}).get("signedness", "signed" if "8s_" in k or k.endswith("_s") else "unsigned") == "signed"
+        for k in tables
+    }
     exact_power: dict[bool, float] = {}
     for k, lut in tables.items():
         v = operand_values(int(lut.shape[0]).bit_length() - 1, signed_of[k]) if lut.ndim == 2 else None
-        if v is not None and lut.shape == (len(v), len(v)) and np.array_equal(lut, np.outer(v, v)):
-            if rows.get(k, {}).get("lib_power_mW"):
-                exact_power[signed_of[k]] = float(rows[k]["lib_power_mW"])
+        is_exact = v is not None and lut.shape == (len(v), len(v)) and np.array_equal(lut, np.outer(v, v))
+        if is_exact and rows.get(k, {}).get("lib_power_mW"):
+            exact_power[signed_of[k]] = float(rows[k]["lib_power_mW"])
     for k, lut in tables.items():
-        result[k] = LutMultiplier(name=k, lut=lut, signed=signed_of[k], metrics=rows.get(k, {}),
-                                  exact_power_mw=exact_power.get(signed_of[k]))
+        result[k] = LutMultiplier(
+            name=k, lut=lut, signed=signed_of[k], metrics=rows.get(k, {}), exact_power_mw=exact_power.get(signed_of[k])
+        )
     return result

@@ -14,7 +14,7 @@ import torch
 
 from dse.exceptions import ConfigError
 
-__all__ = ["MIN_DECIMALS", "MAX_DECIMALS", "check_decimals", "round_to_decimals", "decimal_bits"]
+__all__ = ["MAX_DECIMALS", "MIN_DECIMALS", "check_decimals", "decimal_bits", "round_to_decimals"]
 
 MIN_DECIMALS = 1
 MAX_DECIMALS = 9

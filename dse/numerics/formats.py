@@ -27,7 +27,7 @@ from dse.exceptions import ConfigError
 
 from .quantization import activation_qparams, quantize, weight_qparams
 
-__all__ = ["NumberFormat", "MiniFloat", "FixedPoint", "Float32", "parse_format", "FORMAT_EXAMPLES"]
+__all__ = ["FORMAT_EXAMPLES", "FixedPoint", "Float32", "MiniFloat", "NumberFormat", "parse_format"]
 
 FORMAT_EXAMPLES = "fp32, fp16, bf16, e4m3, e5m2, e<E>m<M>, int8, int4, uint8, int<b>"
 
@@ -103,7 +103,7 @@ class MiniFloat(NumberFormat):
 
     @property
     def max_finite(self) -> float:
-        return (2 - 2.0 ** -self.man_bits) * 2.0**self.emax
+        return (2 - 2.0**-self.man_bits) * 2.0**self.emax
 
     @property
     def min_normal(self) -> float:
@@ -201,7 +201,9 @@ def parse_format(name: str) -> NumberFormat:
         return MiniFloat(8, 7, name="bf16")
     m = _MINIFLOAT.fullmatch(name)
     if m:
-        return MiniFloat(int(m.group(1)), int(m.group(2)), subnormals=not m.group(3), saturate=not m.group(4), name=name)
+        return MiniFloat(
+            int(m.group(1)), int(m.group(2)), subnormals=not m.group(3), saturate=not m.group(4), name=name
+        )
     m = _FIXED.fullmatch(name)
     if m:
         return FixedPoint(int(m.group(2)), signed=not m.group(1), per_channel=not m.group(3), name=name)

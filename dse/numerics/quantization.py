@@ -18,7 +18,7 @@ import torch
 
 from dse.exceptions import ConfigError
 
-__all__ = ["QuantParams", "qrange", "weight_qparams", "activation_qparams", "quantize"]
+__all__ = ["QuantParams", "activation_qparams", "qrange", "quantize", "weight_qparams"]
 
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from dse.exceptions import ConfigError
 
-__all__ = ["Objective", "TRIAL_METRICS", "parse_objectives"]
+__all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "Objective", "parse_objectives"]
 
 # Every metric a trial logs, with its unit; any of them can be an objective.
 TRIAL_METRICS: Mapping[str, str] = {
@@ -21,6 +21,9 @@ TRIAL_METRICS: Mapping[str, str] = {
     "modeled_latency_us": "first-order accelerator latency per inference, microseconds (dse.cost.latency)",
 }
 
+# The metrics measured on this machine's clock (need study.measure_time).
+MEASURED_TIME_METRICS = ("inference_time_s", "ms_per_image")
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -31,7 +34,9 @@ class Objective:
         if self.name not in TRIAL_METRICS:
             raise ConfigError(f"Unknown objective {self.name!r}; trials report: {', '.join(TRIAL_METRICS)}.")
         if self.direction not in ("maximize", "minimize"):
-            raise ConfigError(f"Objective {self.name!r}: direction must be maximize or minimize, got {self.direction!r}.")
+            raise ConfigError(
+                f"Objective {self.name!r}: direction must be maximize or minimize, got {self.direction!r}."
+            )
 
 
 def parse_objectives(spec: Sequence[Mapping[str, str]]) -> list[Objective]:

@@ -6,6 +6,10 @@ does nothing more. Each distinct assignment is evaluated once; a trial that
 proposes one already done (or running in another worker) is PRUNED with the
 attribute ``duplicate_of`` and does not count. The all-exact baseline is
 enqueued once, so it is trial 0 of a new study.
+
+A RUNNING trial counts as "being evaluated" only on storages with a heartbeat
+(Optuna fails dead workers' trials before each new trial there), and never for
+its own retry: a dead trial must not block the retry of its assignment.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from tqdm.auto import tqdm
 
 from dse.assignment import assignment_key
 from dse.candidate import CandidateEvaluator
+from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
-from dse.study.objectives import Objective
+from dse.study.objectives import MEASURED_TIME_METRICS, Objective
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import hypervolume, normalized_points
 
-__all__ = ["StudySettings", "StudyRunner", "BASELINE_KEY"]
+__all__ = ["BASELINE_KEY", "StudyRunner", "StudySettings"]
 
 _logger = logging.getLogger(__name__)
 BASELINE_KEY = assignment_key({})
@@ -43,12 +48,11 @@ class StudySettings:
     """What the loop needs besides the study itself.
 
     Attributes:
-        n_trials: target number of COMPLETE trials for the whole study.
+        n_trials: target number of COMPLETE trials for the whole study (>= 1).
         objectives: optimised metrics, in the study's direction order.
-        max_accuracy_drop: feasibility constraint (fraction, e.g. 0.01), or None.
+        max_accuracy_drop: feasibility constraint (fraction in [0, 1], e.g. 0.01), or None.
         max_duplicate_streak: stop after this many duplicate proposals in a row.
         max_failure_streak: stop after this many failed trials in a row (a broken setup, not bad luck).
-        plot_every: refresh the HTML/PNG front every this many complete trials.
         timing: measure inference time (needed if it is an objective).
     """
 
@@ -57,8 +61,30 @@ class StudySettings:
     max_accuracy_drop: float | None = None
     max_duplicate_streak: int = 50
     max_failure_streak: int = 5
-    plot_every: int = 5
     timing: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(
+                f"study.n_trials={self.n_trials!r}: the budget is the number of COMPLETE trials the study should "
+                "hold, a whole number >= 1 (e.g. study.n_trials=20)."
+            )
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise ConfigError(
+                f"study.max_accuracy_drop={self.max_accuracy_drop!r} is a fraction of accuracy in [0, 1] "
+                "(0.05 = 5 points), or null for no constraint."
+            )
+        for name in ("max_duplicate_streak", "max_failure_streak"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"study.{name}={getattr(self, name)!r} must be >= 1.")
+        if not self.timing and any(o.name in MEASURED_TIME_METRICS for o in self.objectives):
+            raise ConfigError(
+                "study.measure_time=false, but an objective is a measured time; enable it or drop that objective."
+            )
+
+
+def _readable(value: object) -> object:
+    return "exact" if value is None else value
 
 
 def count_complete(study: optuna.Study) -> int:
@@ -75,8 +101,12 @@ class StudyRunner:
         candidates: CandidateEvaluator,
         settings: StudySettings,
         tracker: MlflowTracker | None = None,
+        running_is_live: bool = True,
     ) -> None:
+        """``running_is_live``: the storage fails dead workers' trials (a heartbeat), so a
+        RUNNING trial is really being evaluated; without one it proves nothing."""
         self.study = study
+        self.running_is_live = running_is_live
         self.space = space
         self.candidates = candidates
         self.settings = settings
@@ -91,13 +121,17 @@ class StudyRunner:
         """Evaluate trials until the budget is complete; return the number of COMPLETE trials."""
         budget = self.settings.n_trials
         if budget > self.space.size:
-            _logger.warning("n_trials=%d exceeds the %d distinct assignments of this space; capping.", budget, self.space.size)
+            _logger.warning(
+                "n_trials=%d exceeds the %d distinct assignments of this space; capping.", budget, self.space.size
+            )
             budget = self.space.size
         self._budget = budget
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
         done = count_complete(self.study)
         if done >= budget:
-            _logger.info("Study %r already holds %d/%d complete trials: nothing to do.", self.study.study_name, done, budget)
+            _logger.info(
+                "Study %r already holds %d/%d complete trials: nothing to do.", self.study.study_name, done, budget
+            )
             return done
         self._progress = tqdm(total=budget, initial=done, desc=self.study.study_name, unit="trial")
         try:
@@ -107,10 +141,19 @@ class StudyRunner:
         return count_complete(self.study)
 
     def _duplicate_of(self, key: str, number: int) -> int | None:
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.number != number and t.user_attrs.get(_KEY_ATTR) == key:
-                if t.state == TrialState.COMPLETE or t.number < number:
-                    return t.number
+        """The trial that evaluated (or is evaluating) the assignment ``key`` before trial ``number``.
+
+        FAIL and PRUNED trials never count; a RUNNING one counts only if it is live
+        (``running_is_live``), started earlier, and is not a trial this one retries.
+        """
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        me = next((t for t in trials if t.number == number), None)
+        retried = set(me.system_attrs.get("retry_history", [])) if me is not None else set()
+        for t in trials:
+            if t.number == number or t.number in retried or t.user_attrs.get(_KEY_ATTR) != key:
+                continue
+            if t.state == TrialState.COMPLETE or (self.running_is_live and t.number < number):
+                return t.number
         return None
 
     def baseline_accuracy(self) -> float:
@@ -136,7 +179,10 @@ class StudyRunner:
             raise optuna.TrialPruned(f"same assignment as trial {duplicate}")
         run_id = None
         if self.tracker is not None:
-            layer_params = {f"layer.{n}.{k}": v for n, cfg in assignment.items() for k, v in cfg.as_dict().items()}
+            knobs = self.space.knob_fields  # only what this space searches, per layer
+            layer_params = {
+                f"layer.{n}.{k}": _readable(getattr(cfg, k)) for n, cfg in assignment.items() for k in knobs
+            }
             run_id = self.tracker.start_trial(trial, {**params, **layer_params})
         try:
             result = self.candidates.evaluate(assignment, timing=self.settings.timing)
@@ -171,8 +217,9 @@ class StudyRunner:
         if trial.state == TrialState.FAIL:
             self._failure_streak += 1
             if self._failure_streak >= self.settings.max_failure_streak:
-                _logger.error("%d trials failed in a row; stopping. The study keeps every finished trial.",
-                              self._failure_streak)
+                _logger.error(
+                    "%d trials failed in a row; stopping. The study keeps every finished trial.", self._failure_streak
+                )
                 study.stop()
                 return
             _logger.warning("Trial %d failed; the search goes on.", trial.number)
@@ -193,7 +240,10 @@ class StudyRunner:
             return list(stored)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get(_KEY_ATTR) == BASELINE_KEY and t.values is not None:
-                ref = [0.0 if o.direction == "maximize" else 1.1 * v for o, v in zip(self.settings.objectives, t.values)]
+                ref = [
+                    0.0 if o.direction == "maximize" else 1.1 * v
+                    for o, v in zip(self.settings.objectives, t.values, strict=False)
+                ]
                 self.study.set_user_attr(_REFERENCE_ATTR, ref)
                 return ref
         return None
@@ -201,7 +251,11 @@ class StudyRunner:
     def current_hypervolume(self) -> float | None:
         ref = self.reference_point()
         front = self.study.best_trials
-        if ref is None or not front or any(r == 0 for o, r in zip(self.settings.objectives, ref) if o.direction == "minimize"):
+        if (
+            ref is None
+            or not front
+            or any(r == 0 for o, r in zip(self.settings.objectives, ref, strict=False) if o.direction == "minimize")
+        ):
             return None
         values = np.array([t.values for t in front], dtype=float)
         return hypervolume(normalized_points(values, self.settings.objectives, ref))
@@ -213,7 +267,7 @@ class StudyRunner:
         if self._progress is not None:
             self._progress.set_postfix(front=front_size, hv=f"{hv:.4f}" if hv is not None else "-")
         if self.tracker is not None:
-            plots = final or done % self.settings.plot_every == 0 or done >= self._budget
+            plots = final or done % self.tracker.plot_every == 0 or done >= self._budget
             self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots)
             if plots and self.tracker.parent_run_id is not None and self.study.best_trials:
                 self.tracker.log_table(self.tracker.parent_run_id, self.front_layers(), "pareto_layers.csv", "pareto")

@@ -3,29 +3,60 @@
 RDB storages get a heartbeat: a worker killed mid-trial leaves a RUNNING trial
 whose heartbeat stops; after ``grace_period`` seconds the next worker that runs
 a trial marks it FAILED and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`
-queues the same parameters again, so no assignment is lost. A journal file
+queues the same parameters again, so no assignment is lost. A worker killed
+before its trial's *first* heartbeat (Optuna samples between creating the trial
+and starting the heartbeat) is caught too: Optuna alone would leave that trial
+RUNNING forever (:class:`HeartbeatRDBStorage`). A journal file
 (``journal:///path/to/study.log``, for shared file systems without a database)
 has no heartbeat: a killed trial stays RUNNING there.
 """
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models  # the trial and heartbeat tables (no public query exists)
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from sqlalchemy import orm
 
 from dse.exceptions import ConfigError
+from dse.stores import absolute_sqlite_url, retry_on_race
 
-__all__ = ["create_storage", "describe_storage"]
+__all__ = ["HeartbeatRDBStorage", "create_storage", "describe_storage", "has_heartbeat"]
 
-_logger = logging.getLogger(__name__)
 _JOURNAL = "journal:///"
+
+
+class HeartbeatRDBStorage(RDBStorage):
+    """An RDB storage whose stale trials also include RUNNING trials that never recorded a
+    heartbeat and started more than ``grace_period`` seconds ago (their worker died while
+    the sampler ran, before Optuna started the heartbeat thread)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        session = self.scoped_session()
+        try:
+            running = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                .all()
+            )
+            now = datetime.now()  # Optuna stamps datetime_start with the worker's datetime.now()
+            never = [
+                int(t.trial_id)
+                for t in running
+                if not t.heartbeats and t.datetime_start and now - t.datetime_start > grace
+            ]
+        finally:
+            session.close()
+        return stale + [trial_id for trial_id in never if trial_id not in stale]
 
 
 def create_storage(
@@ -44,47 +75,36 @@ def create_storage(
         path = Path(url.removeprefix(_JOURNAL))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) != ":memory:":
-            path = path.resolve()  # relative to the working directory now, not whenever it is next used
-            path.parent.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{path}"
-    elif "://" not in url:
+    url = absolute_sqlite_url(url)
+    if "://" not in url:
         raise ConfigError(
             f"Storage URL {url!r} is not a database URL. Use sqlite:///mlruns/optuna.db, "
             "postgresql+psycopg2://user:password@host/dbname, or journal:///path/to/study.log."
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    heartbeat = {}
-    if heartbeat_interval:
-        with warnings.catch_warnings():
+
+    def open_rdb() -> RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; dse relies on them
             warnings.simplefilter("ignore", ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        heartbeat = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": retry,
-        }
-    for attempt in range(_CREATE_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; dse relies on them
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except ImportError as exc:
-            raise ConfigError(f"The driver for {url.split(':')[0]!r} is missing ({exc}); pip install 'dse[postgres]'.") from exc
-        except Exception as exc:  # sqlalchemy OperationalError and friends
-            # Workers started together race to create Optuna's tables; PostgreSQL's CREATE TABLE
-            # IF NOT EXISTS is not atomic, so the loser sees a duplicate key. The tables exist now.
-            if _is_creation_race(exc) and attempt + 1 < _CREATE_ATTEMPTS:
-                _logger.info("Another worker is creating the study tables; retrying (%s)", type(exc).__name__)
-                time.sleep(0.5 + random.random())
-                continue
-            raise ConfigError(f"Cannot open the study storage {describe_storage(url)!r}: {exc}") from exc
-    raise AssertionError("unreachable")
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+            return HeartbeatRDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval or None,
+                grace_period=grace_period if heartbeat_interval else None,
+                heartbeat_stale_trial_callback=retry,
+            )
 
-
-_CREATE_ATTEMPTS = 5
+    try:
+        # Workers started together race to create Optuna's tables; PostgreSQL's CREATE TABLE
+        # IF NOT EXISTS is not atomic, so the loser sees a duplicate key. The tables exist then.
+        return retry_on_race(open_rdb, _is_creation_race)
+    except ImportError as exc:
+        raise ConfigError(
+            f"The driver for {url.split(':')[0]!r} is missing ({exc}); pip install 'dse[postgres]'."
+        ) from exc
+    except Exception as exc:  # sqlalchemy OperationalError and friends
+        raise ConfigError(f"Cannot open the study storage {describe_storage(url)!r}: {exc}") from exc
 
 
 def _is_creation_race(exc: Exception) -> bool:
@@ -100,3 +120,7 @@ def describe_storage(url: str) -> str:
         return f"{scheme}://{creds.split(':')[0]}:***@{host}"
     return url
 
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    """Whether ``storage`` fails the trials of dead workers (an RDB storage with a heartbeat)."""
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None

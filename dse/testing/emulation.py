@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from dse.emulation import approximate_layer
+from dse.emulation import EmulationPath, approximate_layer
 
-__all__ = ["LayerShape", "SHAPES", "make_layer", "emulated_pair"]
+__all__ = ["SHAPES", "LayerShape", "emulated_pair", "make_layer"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tenso
         layer: nn.Module = nn.Linear(shape.in_ch, shape.out_ch)
         x = torch.randn(3, shape.in_ch, generator=gen)
     else:
-        layer = nn.Conv2d(shape.in_ch, shape.out_ch, shape.kernel, shape.stride, shape.padding, shape.dilation, shape.groups)
+        layer = nn.Conv2d(
+            shape.in_ch, shape.out_ch, shape.kernel, shape.stride, shape.padding, shape.dilation, shape.groups
+        )
         x = torch.randn(2, shape.in_ch, shape.size, shape.size, generator=gen)
     with torch.no_grad():
         for p in layer.parameters():
@@ -56,13 +58,15 @@ def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tenso
     return layer, x
 
 
-def emulated_pair(shape: LayerShape, multiplier: str, paths: tuple[str, str], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def emulated_pair(
+    shape: LayerShape, multiplier: str, paths: tuple[EmulationPath, EmulationPath], seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of ``paths`` on the same layer, input and calibration."""
     layer, x = make_layer(shape, seed)
     outs = []
     for path in paths:
-        approx = approximate_layer(layer, multiplier, path=path, name=shape.name)  # type: ignore[arg-type]
-        approx.set_activation_range(float(x.min()), float(x.max()))  # type: ignore[operator]
+        approx = approximate_layer(layer, multiplier, path=path, name=shape.name)
+        approx.set_activation_range(float(x.min()), float(x.max()))
         with torch.no_grad():
             outs.append(approx(x))
     return outs[0], outs[1]

@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import mlflow
@@ -25,12 +23,12 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
+from dse.stores import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
 from dse.study.objectives import Objective
 
 __all__ = ["MlflowTracker"]
 
 _logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _PARENT_ATTR = "mlflow_parent_run_id"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
@@ -38,7 +36,7 @@ _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 @contextlib.contextmanager
 def _store_lock(tracking_uri: str) -> Iterator[None]:
     """An exclusive inter-process lock beside a local SQLite store (no-op for servers)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    if not tracking_uri.startswith(SQLITE_PREFIX):
         yield
         return
     try:
@@ -46,25 +44,13 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
     except ImportError:  # Windows: no flock; concurrent first starts are then the user's to avoid
         yield
         return
-    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
+    lock_path = Path(tracking_uri.removeprefix(SQLITE_PREFIX) + ".lock")
     with open(lock_path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _retry(fn: Callable[[], T], message: str, attempts: int = 5) -> T:
-    """``fn()``, retried after a short random wait: concurrent workers race on a fresh store."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt + 1 == attempts:
-                raise ConfigError(f"{message}: {exc}") from exc
-            time.sleep(0.5 + random.random())
-    raise AssertionError("unreachable")
 
 
 def _chunks(items: list, size: int = 100) -> list[list]:
@@ -78,18 +64,23 @@ class MlflowTracker:
         tracking_uri: e.g. ``sqlite:///mlruns/mlflow.db`` or ``http://host:5000``.
         experiment: MLflow experiment name.
         artifact_location: where a *new* experiment stores artifacts (local path or URI).
+        plot_every: redraw the front's HTML/PNG every this many complete trials (the CSV every trial).
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
-        if tracking_uri.startswith("sqlite:///"):
-            # absolute: MLflow caches stores by URI, so a relative one would stick to the first directory
-            path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tracking_uri = f"sqlite:///{path}"
+    def __init__(
+        self, tracking_uri: str, experiment: str = "dse", artifact_location: str | None = None, plot_every: int = 5
+    ) -> None:
+        if plot_every < 1:
+            raise ConfigError(f"tracking.plot_every={plot_every!r} must be >= 1.")
+        self.plot_every = plot_every
+        self.experiment = experiment
+        tracking_uri = absolute_sqlite_url(tracking_uri)
         self.tracking_uri = tracking_uri
         location = artifact_location
         if artifact_location and "://" not in artifact_location:
             location = Path(artifact_location).resolve().as_uri()
+
+        self.client: mlflow.MlflowClient
 
         def experiment_id() -> str:
             self.client = mlflow.MlflowClient(tracking_uri)  # creates (migrates) the store's tables
@@ -98,11 +89,13 @@ class MlflowTracker:
                 return found.experiment_id
             return self.client.create_experiment(experiment, artifact_location=location)
 
-        self.client: mlflow.MlflowClient
         # Workers started together race to create the store's tables and the experiment:
         # migrations of one SQLite file must not run twice at once (they corrupt the schema).
         with _store_lock(tracking_uri):
-            self.experiment_id = _retry(experiment_id, f"Cannot reach the MLflow tracking store {tracking_uri!r}")
+            try:
+                self.experiment_id = retry_on_race(experiment_id, lambda exc: True)
+            except Exception as exc:
+                raise ConfigError(f"Cannot reach the MLflow tracking store {tracking_uri!r}: {exc}") from exc
         self.parent_run_id: str | None = None
 
     # -- parent run -------------------------------------------------------------------
@@ -138,7 +131,8 @@ class MlflowTracker:
 
     def _earliest_parent(self, study_name: str) -> str | None:
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.dse_study = '{study_name}' and tags.dse_role = 'parent'",
+            [self.experiment_id],
+            filter_string=f"tags.dse_study = '{study_name}' and tags.dse_role = 'parent'",
             max_results=1000,
         )
         if not runs:
@@ -218,6 +212,22 @@ class MlflowTracker:
             metrics["hypervolume"] = hypervolume
         self.log_metrics(self.parent_run_id, metrics, step=n_complete)
         return front
+
+    def log_standalone_run(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, object],
+        artifacts: Sequence[Path],
+        artifact_path: str | None = None,
+    ) -> str:
+        """One finished run outside any study (e.g. a sensitivity table): params and files; returns its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        self._log_params(run.info.run_id, params)
+        for path in artifacts:
+            self.client.log_artifact(run.info.run_id, str(path), artifact_path=artifact_path)
+        self.client.set_terminated(run.info.run_id)
+        return run.info.run_id
 
     def log_json(self, run_id: str, name: str, payload: object) -> None:
         self.client.log_text(run_id, json.dumps(payload, indent=2, default=str), name)

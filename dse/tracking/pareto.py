@@ -12,12 +12,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dse.study.objectives import Objective
 
-__all__ = ["trials_table", "front_table", "hypervolume", "normalized_points", "plot_front_png", "plot_front_html"]
+__all__ = ["front_table", "hypervolume", "normalized_points", "plot_front_html", "plot_front_png", "trials_table"]
 
 
 def _row(trial: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, object]:
     row: dict[str, object] = {"trial": trial.number}
-    row.update({o.name: v for o, v in zip(objectives, trial.values or [])})
+    row.update({o.name: v for o, v in zip(objectives, trial.values or [], strict=False)})
     row.update({k: v for k, v in trial.user_attrs.items() if k not in row})
     row.update({f"param.{k}": v for k, v in trial.params.items()})
     return row
@@ -44,7 +44,7 @@ def normalized_points(values: np.ndarray, objectives: Sequence[Objective], refer
     a minimised one becomes v / r_i.
     """
     out = np.empty_like(values, dtype=float)
-    for i, (o, r) in enumerate(zip(objectives, reference)):
+    for i, (o, r) in enumerate(zip(objectives, reference, strict=False)):
         if o.direction == "minimize":
             out[:, i] = values[:, i] / r
         else:
@@ -87,7 +87,7 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
     names = [o.name for o in objectives]
     pairs = [(names[0], n) for n in names[1:]] or [(names[0], names[0])]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
-    for ax, (y, x) in zip(axes[0], pairs):
+    for ax, (y, x) in zip(axes[0], pairs, strict=False):
         ax.scatter(all_trials[x], all_trials[y], s=14, c="0.75", label="trials")
         if not front.empty:
             f = front.sort_values(x)
@@ -113,20 +113,41 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
 
     def hover(df: pd.DataFrame) -> list[str]:
         return [
-            f"trial {int(r['trial'])}<br>" + "<br>".join(f"{c[6:]}={r[c]}" for c in params)
-            for _, r in df.iterrows()
+            f"trial {int(r['trial'])}<br>" + "<br>".join(f"{c[6:]}={r[c]}" for c in params) for _, r in df.iterrows()
         ]
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=all_trials[x], y=all_trials[y], mode="markers", name="trials",
-                             marker={"color": "lightgrey", "size": 7}, text=hover(all_trials), hoverinfo="text+x+y"))
+    fig.add_trace(
+        go.Scatter(
+            x=all_trials[x],
+            y=all_trials[y],
+            mode="markers",
+            name="trials",
+            marker={"color": "lightgrey", "size": 7},
+            text=hover(all_trials),
+            hoverinfo="text+x+y",
+        )
+    )
     if not front.empty:
         f = front.sort_values(x)
         color = f[names[2]] if len(names) > 2 else None
-        fig.add_trace(go.Scatter(x=f[x], y=f[y], mode="markers+lines", name="Pareto front", text=hover(f),
-                                 hoverinfo="text+x+y",
-                                 marker={"size": 10, "color": color, "colorscale": "Viridis", "showscale": color is not None,
-                                         "colorbar": {"title": names[2]} if color is not None else None}))
+        fig.add_trace(
+            go.Scatter(
+                x=f[x],
+                y=f[y],
+                mode="markers+lines",
+                name="Pareto front",
+                text=hover(f),
+                hoverinfo="text+x+y",
+                marker={
+                    "size": 10,
+                    "color": color,
+                    "colorscale": "Viridis",
+                    "showscale": color is not None,
+                    "colorbar": {"title": names[2]} if color is not None else None,
+                },
+            )
+        )
     fig.update_layout(xaxis_title=x, yaxis_title=y, title=f"Pareto front ({len(front)} of {len(all_trials)} trials)")
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path

@@ -7,11 +7,11 @@ filled once at import and read-only afterwards.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch.nn as nn
+from torch import nn
 
-__all__ = ["register_model", "get_model", "get_model_builder", "list_models"]
+__all__ = ["get_model", "get_model_builder", "list_models", "register_model"]
 
 ModelBuilder = Callable[..., nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}

@@ -8,7 +8,7 @@ names (``features.3.conv.1.0`` ...) are the ones users know.
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 from torchvision.models import MobileNetV2
 
 from . import register_model

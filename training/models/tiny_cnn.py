@@ -8,7 +8,7 @@ minutes on a laptop CPU.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from . import register_model
 

@@ -1,0 +1,56 @@
+"""Creating a study, or re-opening it with the config it was created with."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import BaseStorage
+
+from dse.exceptions import ConfigError
+from dse.search_spaces import BoundSpace
+from dse.study.objectives import Objective
+
+__all__ = ["open_study"]
+
+
+def open_study(
+    name: str,
+    storage: BaseStorage,
+    sampler: optuna.samplers.BaseSampler,
+    objectives: list[Objective],
+    space: BoundSpace,
+    where: str,
+) -> optuna.Study:
+    """Create the study, or load it if it exists with the same objectives and space.
+
+    The objectives, parameters and choices are kept in the study's user attributes:
+    Optuna rejects a parameter whose choices change within a study (mid-trial), so a
+    resume with another space or pruning table is refused up front. ``where`` names
+    the storage in messages (password masked).
+    """
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        directions=[o.direction for o in objectives],
+        load_if_exists=True,
+    )
+    names = [o.name for o in objectives]
+    choices = {param: [str(c) for c in values] for param, values in space.grid().items()}
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", names)
+        study.set_user_attr("space_params", sorted(space.params))
+        study.set_user_attr("space_choices", choices)
+    elif stored != names or study.user_attrs.get("space_params") != sorted(space.params):
+        raise ConfigError(
+            f"Study {name!r} in {where} was created with objectives {stored} and parameters "
+            f"{study.user_attrs.get('space_params')}; this run asks for {names} and {sorted(space.params)}. "
+            "Resume it with its original config, or pick a new study.name."
+        )
+    elif study.user_attrs.get("space_choices", choices) != choices:
+        changed = sorted(n for n in choices if study.user_attrs["space_choices"].get(n) != choices[n])
+        raise ConfigError(
+            f"Study {name!r} was created with other choices for {changed[:3]} (a different space or "
+            "pruning table). Resume it with its original space and pruning settings, or pick a new study.name."
+        )
+    return study

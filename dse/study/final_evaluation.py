@@ -1,0 +1,80 @@
+"""Re-evaluating the final Pareto front on the full test set, once per trial."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+import optuna
+import pandas as pd
+
+from dse.candidate import CandidateEvaluator
+from dse.evaluation import Evaluator
+from dse.exceptions import DataError
+from dse.search_spaces import BoundSpace
+from dse.tracking.mlflow_tracker import MlflowTracker
+
+__all__ = ["final_evaluation"]
+
+_logger = logging.getLogger(__name__)
+
+HOW_TO_GET_THE_TEST_SET = (
+    "the default downloads CIFAR-10 with torchvision into ~/.cache/dse/cifar10 (set DSE_CIFAR10_ROOT for "
+    "another folder); an .npz of your own: data@final_eval.data=cifar10_npz final_eval.data.path=/path/cifar10.npz; "
+    "skip it: final_eval.enabled=false"
+)
+
+
+def final_evaluation(
+    study: optuna.Study,
+    space: BoundSpace,
+    search: CandidateEvaluator,
+    datamodule: Callable[[], L.LightningDataModule],
+    evaluator: Callable[[L.LightningDataModule], Evaluator],
+    tracker: MlflowTracker | None,
+) -> pd.DataFrame | None:
+    """Accuracy of every Pareto trial on the full test set (kept in study attrs: never redone).
+
+    Quantized layers keep the activation ranges calibrated for the search, so the
+    re-evaluated model is the very one the search scored. When the data cannot be
+    had, the reason and the ways to get it are logged and None is returned.
+    """
+    try:
+        full = evaluator(datamodule())
+    except DataError as exc:
+        _logger.warning(
+            "Skipped the full-test-set re-evaluation of the front: %s\nTo get the test set: %s.",
+            exc,
+            HOW_TO_GET_THE_TEST_SET,
+        )
+        return None
+    quantized = any(layer.multiplier for t in study.best_trials for layer in space.assignment(t.params).values())
+    candidates = CandidateEvaluator(
+        search.model,
+        full,
+        search.energy_model,
+        activation_ranges=search.activation_ranges if quantized else None,
+        latency_model=search.latency_model,
+        emulation_path=search.emulation_path,
+        per_channel=search.per_channel,
+    )
+    rows = []
+    for trial in study.best_trials:
+        attr = f"final_eval/{trial.number}"
+        result = study.user_attrs.get(attr)
+        if result is None:
+            metrics = candidates.evaluate(space.assignment(trial.params), timing=False).metrics
+            result = {
+                "final_accuracy": metrics["accuracy"],
+                "final_accuracy_top5": metrics["accuracy_top5"],
+                "final_n_images": full.n_images,
+            }
+            study.set_user_attr(attr, result)
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if tracker is not None and run_id:
+                tracker.log_metrics(run_id, result)
+        rows.append({"trial": trial.number, **result})
+    table = pd.DataFrame(rows)
+    _logger.info("Pareto front on the full test set (%d images):\n%s", full.n_images, table.to_string(index=False))
+    return table
