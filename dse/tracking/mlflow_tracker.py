@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import optuna
@@ -24,7 +25,9 @@ from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
-from dse.study.objectives import Objective
+
+if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotations here
+    from dse.study.objectives import Objective
 
 __all__ = ["MlflowTracker"]
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from dse.study.objectives import Objective
+if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotations here
+    from dse.study.objectives import Objective
+
 
 __all__ = ["front_table", "hypervolume", "normalized_points", "plot_front_html", "plot_front_png", "trials_table"]
 
