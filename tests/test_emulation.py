@@ -39,6 +39,101 @@ def test_separable_path_equals_reference(shape, multiplier: str) -> None:
     assert torch.equal(ref, fast)
 
 
+def _random_table(signed: bool, seed: int) -> LutMultiplier:
+    """A full-rank table with entries over the whole 16-bit range, asymmetric (operand order matters)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (-(2**15), 2**15) if signed else (0, 2**16)
+    lut = rng.integers(lo, hi, size=(256, 256), dtype=np.int64)
+    return LutMultiplier(name=f"random_{'s' if signed else 'u'}8_{seed}", lut=lut, signed=signed)
+
+
+KERNEL_TABLES = [
+    *EVOAPPROX,
+    *[f"mitchell_w{w}_{s}8" for w in range(2, 9) for s in "su"],
+    "truncated_t6_u8",
+    "drum_k4_s8",
+    "exact_s8",
+    "exact_u8",
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("multiplier", KERNEL_TABLES)
+def test_kernel_path_equals_reference(shape, multiplier: str) -> None:
+    ref, fast = emulated_pair(shape, multiplier, ("reference", "kernel"), seed=zlib.crc32(multiplier.encode()) % 1000)
+    assert torch.equal(ref, fast)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_kernel_path_equals_reference_on_random_full_rank_tables(shape, signed: bool) -> None:
+    table = _random_table(signed, seed=7)
+    assert np.linalg.matrix_rank(table.error_table().astype(np.float64)) == 256
+    ref, fast = emulated_pair(shape, table, ("reference", "kernel"))
+    assert torch.equal(ref, fast)
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2], ids=["scalar", "avx2", "avx512vbmi"])
+@pytest.mark.parametrize("name", ["mul8s_1KV9", "mul8u_DG8", "mitchell_w6_s8", "random_s", "random_u"])
+def test_every_cpu_variant_of_the_kernel_is_exact(variant: int, name: str) -> None:
+    """The kernel's variants (forced; one this CPU lacks falls back to the best it has) agree bit for bit."""
+    from dse.emulation._kernel import KernelTables, kernel_conv2d, load_kernel
+    from dse.emulation.reference import lut_conv2d_reference
+
+    module = load_kernel()
+    assert module is not None, "the kernel must build here (gcc, g++ and ninja are installed by .ci/run)"
+    mult = _random_table(name == "random_s", 3) if name.startswith("random") else get_multiplier(name)
+    tables = KernelTables(mult.table(), mult.signed)
+    gen = torch.Generator().manual_seed(variant)
+    for n, c, h, w, o, k, s, d, g in [
+        (3, 8, 9, 7, 6, 3, 1, 1, 1),
+        (2, 6, 10, 10, 6, 3, 2, 1, 6),
+        (1, 16, 4, 5, 32, 1, 1, 1, 1),
+        (2, 4, 11, 9, 8, 3, 2, 2, 1),
+        (65, 3, 1, 1, 2, 1, 1, 1, 1),
+    ]:
+        x = torch.randint(0, 256, (n, c, h, w), generator=gen)
+        wt = torch.randint(0, 256, (o, c // g, k, k), generator=gen)
+        ref = lut_conv2d_reference(x, wt, torch.from_numpy(mult.table()), (s, s), (d, d), g)
+        sums, x_sums = kernel_conv2d(module, x, wt, tables, (s, s), (d, d), g, variant, with_xsum=True)
+        assert torch.equal(sums.long(), ref)
+        ones = torch.ones(g, c // g, k, k, dtype=torch.float64)
+        assert torch.equal(x_sums.double(), F.conv2d(x.double(), ones, None, s, 0, d, g))
+
+
+def test_auto_takes_the_kernel_on_cpu_except_where_no_lookup_is_needed() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    assert approximate_layer(conv, "mitchell_w6_s8").path == "kernel"
+    assert approximate_layer(conv, "mul8u_DG8").path == "kernel"
+    assert approximate_layer(conv, "mul8s_1L2J").path == "separable"  # floor(x/2) * g(w): no lookup at all
+    assert approximate_layer(conv, "mul8s_1KV9", path="table").path == "table"
+
+
+def test_without_a_compiler_the_layers_warn_once_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without gcc/ninja: one clear warning, then the PyTorch paths, bit for bit."""
+    import warnings
+
+    from dse.emulation import _kernel
+
+    def no_compiler() -> None:
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(_kernel, "_STATE", {})
+    monkeypatch.setattr(_kernel, "_build", no_compiler)
+    layer, x = make_layer(SHAPES[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layers = [approximate_layer(layer, name) for name in ("mitchell_w6_s8", "mul8u_DG8", "mul8s_1KV9")]
+    messages = [str(w.message) for w in caught if issubclass(w.category, _kernel.KernelUnavailableWarning)]
+    assert len(messages) == 1 and "Ninja is required" in messages[0] and "bit-exact all the same" in messages[0]
+    for approx, name in zip(layers, ("mitchell_w6_s8", "mul8u_DG8", "mul8s_1KV9"), strict=True):
+        assert approx.path in ("table", "separable")
+        reference = approximate_layer(layer, name, path="reference")
+        for a in (approx, reference):
+            a.set_activation_range(float(x.min()), float(x.max()))
+        assert torch.equal(approx(x), reference(x)), name
+
+
 def test_every_shipped_table_is_emulated_exactly_by_auto() -> None:
     shape = SHAPES[0]
     for name in EVOAPPROX:
@@ -143,7 +238,10 @@ def test_apply_assignment_changes_only_named_layers() -> None:
         ranges,
     )
     assert isinstance(changed.features[1][0], ApproxConv2d) and isinstance(changed.classifier, ApproxLinear)
-    assert changed.classifier.path == "table" and changed.features[1][0].path == "separable"
+    assert changed.classifier.path == "kernel" and changed.features[1][0].path == "kernel"  # auto on CPU
+    assignment = {"features.1.0": LayerConfig(multiplier="mul8s_1KVP")}
+    forced = apply_assignment(model, assignment, ranges, path="separable", per_channel=False)
+    assert forced.features[1][0].path == "separable" and forced.features[1][0].per_channel is False
     before, after = model.state_dict(), changed.state_dict()
     assert set(after) == set(before) | {"features.1.0.act_range", "classifier.act_range"}
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -191,3 +289,20 @@ def test_wide_pointwise_conv_is_chunked_exactly(multiplier: str) -> None:
         layer.set_activation_range(0.0, float(x.max()))
         outs.append(layer(x))
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("multiplier", ["mul8s_1KV9", "mul8u_DG8"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_kernel_quantizes_exactly_like_the_reference(multiplier: str, layout: str) -> None:
+    """The kernel quantizes the float input itself: NaN, +-inf, huge values, ties and either layout as quantize()."""
+    layer, x = make_layer(SHAPES[0])
+    x = x * 3
+    x[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
+    x[1, 1, 2, :3] = torch.tensor([0.5, 1.5, -2.5]) * 0.01  # ties land on x / scale = k + 0.5 for some scale
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast, reference = (approximate_layer(layer, multiplier, path=p) for p in ("kernel", "reference"))
+    for a in (fast, reference):
+        a.set_activation_range(-2.0, 2.5)
+    assert fast.path == "kernel"
+    assert torch.equal(fast(x), reference(x))

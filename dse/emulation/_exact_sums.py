@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FLOAT32_EXACT", "accumulator_dtype", "channel_chunks", "exact_conv2d", "exact_linear"]
+__all__ = ["FLOAT32_EXACT", "INT32_EXACT", "accumulator_dtype", "channel_chunks", "exact_conv2d", "exact_linear"]
 
 FLOAT32_EXACT = 2**24
+INT32_EXACT = 2**31  # int32 sums (the compiled kernel) are exact below this
 
 
 def accumulator_dtype(terms: int, max_term: float) -> torch.dtype:

@@ -11,8 +11,10 @@ With the exact multiplier this is ordinary integer quantized inference. The
 activation range is calibrated once (:func:`dse.emulation.calibration.calibrate_ranges`)
 and frozen in the ``act_range`` buffer. ``path`` picks the emulation:
 ``reference`` (unfold + lookups, the oracle), ``separable`` (1 + rank convs),
-``table`` (weight-specific tables, any multiplier), or ``auto``. All paths give
-the same bits. The state_dict is the original layer's plus ``act_range``, and an
+``table`` (weight-specific tables, any multiplier), ``kernel`` (the compiled
+one-read-per-MAC kernel, CPU; other devices take the PyTorch path), or ``auto``
+(the kernel on CPU unless the table needs no lookup; separable or table elsewhere).
+All paths give the same bits. The state_dict is the original layer's plus ``act_range``, and an
 original state_dict loads as is.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import ModuleType
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -33,6 +36,7 @@ from dse.numerics.quantization import activation_qparams, qrange, quantize, weig
 
 from ._exact_sums import accumulator_dtype
 from ._fused import FusedSeparable
+from ._kernel import KernelTables, kernel_conv2d, load_kernel
 from ._separable import SeparableProducts
 from ._tables import TableProducts
 from .reference import lut_conv2d_reference, lut_linear_reference
@@ -40,8 +44,8 @@ from .reference import lut_conv2d_reference, lut_linear_reference
 __all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer"]
 
 _logger = logging.getLogger(__name__)
-EmulationPath = Literal["auto", "reference", "separable", "table"]
-_PATHS = ("auto", "reference", "separable", "table")
+EmulationPath = Literal["auto", "reference", "separable", "table", "kernel"]
+_PATHS = ("auto", "reference", "separable", "table", "kernel")
 
 
 class _Emulated(nn.Module):
@@ -85,18 +89,31 @@ class _Emulated(nn.Module):
         self.signed = mult.signed
         values = operand_values(mult.bits, mult.signed)
         table = mult.table()
-        if path == "auto":
-            path = "separable" if SeparableProducts.usable(table, values) else "table"
-        self.path = path
+        # The PyTorch path (any device): separable when the table's error is low-rank, else tables.
+        torch_path = path if path in ("reference", "separable", "table") else None
+        if torch_path is None:
+            torch_path = "separable" if SeparableProducts.usable(table, values) else "table"
+        self._torch_path = torch_path
         self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
-        self._separable = SeparableProducts(table, values) if path == "separable" else None
+        self._separable = SeparableProducts(table, values) if torch_path == "separable" else None
         # signed tables (zero point 0): one lookup + one conv, when the sums fit float32
         self._fused = (
             FusedSeparable(self._separable, values, table) if self._separable is not None and mult.signed else None
         )
         if self._fused is not None and not self._fused.fits(self._terms_per_output()):
             self._fused = None
-        self._tables = TableProducts(self._lut) if path == "table" else None
+        self._tables = TableProducts(self._lut) if torch_path == "table" else None
+        # The compiled kernel (CPU): auto takes it unless the table needs no lookup at all
+        # (a circuit ignoring activation LSBs: one floor and an ordinary conv is faster).
+        no_lookup = self._fused is not None and self._fused.shift is not None
+        self._kernel: ModuleType | None = None
+        self._kernel_tables: KernelTables | None = None
+        if path == "kernel" or (path == "auto" and not no_lookup and len(values) <= 256):
+            kernel_tables = KernelTables(table, mult.signed)
+            module = load_kernel() if len(values) <= 256 and kernel_tables.fits(self._terms_per_output()) else None
+            if module is not None:
+                self._kernel, self._kernel_tables = module, kernel_tables
+        self.path = "kernel" if self._kernel is not None else torch_path
         self._cache: dict[str, Any] = {}
         self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))
 
@@ -145,6 +162,36 @@ class _Emulated(nn.Module):
         """Integer-valued activations (+ ``offset``); NaN goes to the zero point, +-inf saturate."""
         return quantize(x, torch.tensor(scale, dtype=x.dtype, device=x.device), zero, self.bits, self.signed, offset)
 
+    def _on_kernel(self, x: torch.Tensor) -> bool:
+        """The compiled kernel runs CPU tensors; other devices take the PyTorch path."""
+        return self._kernel is not None and x.device.type == "cpu"
+
+    def _kernel_sums(
+        self,
+        x: torch.Tensor,
+        zero: float,
+        scale: float,
+        padding: tuple[int, int],
+        w_idx: torch.Tensor,
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """int32 sums of the table's products from the compiled kernel, which quantizes and pads the
+        float input itself (one pass; the same arithmetic as :func:`dse.numerics.quantization.quantize`),
+        and for unsigned operands the activation sums per output channel (the zero-point term)."""
+        assert self._kernel is not None and self._kernel_tables is not None
+        lo, hi = qrange(self.bits, self.signed)
+        idx = self._kernel.quantize_pad(x.float(), scale, zero, lo, hi, padding[0], padding[1])
+        out = kernel_conv2d(
+            self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups, with_xsum=not self.signed
+        )
+        if self.signed:
+            return out[0], None
+        per_group = out[0].shape[1] // groups
+        # one sum per group: shared by its output channels (groups == 1 broadcasts over all of them)
+        return out[0], (out[1].repeat_interleave(per_group, dim=1) if groups > 1 and per_group > 1 else out[1])
+
     def _index(self, q: torch.Tensor) -> torch.Tensor:
         """Table index of integer-valued operands: the bit pattern (two's complement if signed)."""
         q = q.long()
@@ -169,6 +216,8 @@ class _Emulated(nn.Module):
             "w_zero": p.zero_point.to(self.weight.device),
         }
         cache["w_sum"] = wq.reshape(wq.shape[0], -1).sum(dim=1)
+        if self._kernel is not None:
+            cache["w_idx8"] = w_idx.to(torch.uint8).contiguous()
         if self._fused is not None:
             cache["w_stack"] = self._fused.weight_stack(wq)
         elif self._separable is not None:
@@ -287,6 +336,9 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         w = self._weights()
         stride, padding, dilation = self._geometry()
         ph, pw = padding
+        if self._on_kernel(x):
+            acc, x_sum = self._kernel_sums(x, zero, scale, padding, w["w_idx8"], stride, dilation, self.groups)
+            return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
         if self._fused is not None:
             if self._fused.shift is not None:  # factors by arithmetic; floor(0) = 0, so zero padding is exact
                 idx = self._fused.shifted_values(self._quantize_input(x, zero, scale))
@@ -297,11 +349,12 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
             acc = self._fused.conv2d(idx, w["w_stack"], stride, padding, dilation, self.groups, self.out_channels)
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape))
         xq = F.pad(self._quantize_input(x, zero, scale), (pw, pw, ph, ph), value=zero)  # real 0 -> zero point
-        if self.path == "reference":
+        x_sum = None
+        if self._torch_path == "reference":
             acc = lut_conv2d_reference(
                 self._index(xq), w["w_idx"], self._lut.to(x.device), stride, dilation, self.groups
             )
-        elif self.path == "table":
+        elif self._torch_path == "table":
             assert self._tables is not None
             acc = self._tables.conv2d(self._index(xq), w["w_idx"], stride, dilation, self.groups)
         else:
@@ -309,8 +362,7 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
             acc = self._separable.conv2d(
                 xq, self._index(xq), w["wq"], w.get("w_factors"), stride, dilation, self.groups
             )
-        x_sum = None
-        if not self.signed:
+        if not self.signed and x_sum is None:
             ones = torch.ones(
                 self.groups, self.in_channels // self.groups, *self.kernel_size, device=x.device, dtype=torch.float64
             )
@@ -370,6 +422,13 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
         scale, zero = self._activation_qparams()
         w = self._weights()
         lead = x.shape[:-1]
+        if self._on_kernel(x):
+            flat = x.reshape(-1, x.shape[-1])
+            n, k = flat.shape
+            w_idx = w["w_idx8"].view(-1, k, 1, 1)
+            acc, x_sum = self._kernel_sums(flat.view(n, k, 1, 1), zero, scale, (0, 0), w_idx, (1, 1), (1, 1), 1)
+            acc, x_sum = acc.view(n, -1), (x_sum.view(n, 1) if x_sum is not None else None)
+            return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)
         if self._fused is not None:
             operands = (
@@ -379,15 +438,17 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
             )
             acc = self._fused.linear(operands, w["w_stack"])
             return self._finish(acc, None, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
-        if self.path == "reference":
+        x_sum = None
+        if self._torch_path == "reference":
             acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))
-        elif self.path == "table":
+        elif self._torch_path == "table":
             assert self._tables is not None
             acc = self._tables.linear(self._index(xq), w["w_idx"])
         else:
             assert self._separable is not None
             acc = self._separable.linear(xq, self._index(xq), w["wq"], w.get("w_factors"))
-        x_sum = xq.double().sum(dim=1, keepdim=True) if not self.signed else None
+        if not self.signed and x_sum is None:
+            x_sum = xq.double().sum(dim=1, keepdim=True)
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dse.emulation import EmulationPath, approximate_layer
+from dse.multipliers import Multiplier
 
 __all__ = ["SHAPES", "LayerShape", "emulated_pair", "make_layer"]
 
@@ -28,6 +29,7 @@ class LayerShape:
     groups: int = 1
     linear: bool = False
     size: int = 7
+    batch: int = 2
 
 
 SHAPES = [
@@ -39,6 +41,10 @@ SHAPES = [
     LayerShape("strided_padded", 3, 4, kernel=5, stride=2, padding=2, size=9),
     LayerShape("dilated", 4, 3, dilation=2, padding=2),
     LayerShape("linear", 40, 6, linear=True),
+    LayerShape("batch1_odd_size", 3, 5, size=11, batch=1),
+    LayerShape("odd_strided_pointwise", 7, 5, kernel=1, stride=2, padding=0, size=9, batch=3),
+    # 3,000 x 9 terms: sums beyond float32's exact range (2^24), the wide accumulator's case
+    LayerShape("long_accumulation", 3000, 2, size=3, batch=1),
 ]
 
 
@@ -46,12 +52,12 @@ def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tenso
     gen = torch.Generator().manual_seed(seed)
     if shape.linear:
         layer: nn.Module = nn.Linear(shape.in_ch, shape.out_ch)
-        x = torch.randn(3, shape.in_ch, generator=gen)
+        x = torch.randn(shape.batch + 1, shape.in_ch, generator=gen)
     else:
         layer = nn.Conv2d(
             shape.in_ch, shape.out_ch, shape.kernel, shape.stride, shape.padding, shape.dilation, shape.groups
         )
-        x = torch.randn(2, shape.in_ch, shape.size, shape.size, generator=gen)
+        x = torch.randn(shape.batch, shape.in_ch, shape.size, shape.size, generator=gen)
     with torch.no_grad():
         for p in layer.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
@@ -59,7 +65,7 @@ def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tenso
 
 
 def emulated_pair(
-    shape: LayerShape, multiplier: str, paths: tuple[EmulationPath, EmulationPath], seed: int = 0
+    shape: LayerShape, multiplier: str | Multiplier, paths: tuple[EmulationPath, EmulationPath], seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of ``paths`` on the same layer, input and calibration."""
     layer, x = make_layer(shape, seed)
