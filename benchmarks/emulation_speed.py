@@ -1,16 +1,18 @@
 """Whole-model cost of bit-exact approximate-multiplier emulation, as ratios measured in one run.
 
-MobileNetV2-for-CIFAR, batch 64, every Conv2d/Linear on one 8x8 table through
-the fast path (``auto``), over the exact float32 model in its fastest memory
-layout, same process, interleaved repeats, medians. Also: per layer type, the
-reference path's agreement bit for bit, and peak memory (ru_maxrss).
+MobileNetV2-for-CIFAR, batch 64, every Conv2d/Linear on one 8x8 table through the
+fast path (``auto``), over the exact float32 model in its fastest memory layout, same
+process, interleaved repeats, medians. Per table: the path each layer kind took, the
+whole-model ratio, the pointwise and depthwise ratios, agreement with the reference
+path bit for bit (4 images), and the process's peak memory so far (ru_maxrss).
 
-    python benchmarks/emulation_speed.py --quick            # a few minutes on 2 CPU cores
-    python benchmarks/emulation_speed.py --tables mul8s_1KV9 mul8s_1L2N mitchell_w6_s8
+    python benchmarks/emulation_speed.py                    # every shipped table + Mitchell, truncated, DRUM
+    python benchmarks/emulation_speed.py --quick            # mitchell_w6_s8 and a high-rank unsigned EvoApprox circuit
+    python benchmarks/emulation_speed.py --tables mul8s_1KV9 path/to/luts.npz:mine
 
-The last line is ``ratio_vs_exact=<float> bit_exact=<true|false>`` for the first table.
-Emulation time is the cost of simulating the multiplier in PyTorch on this
-machine; it says nothing about the latency of hardware built with it.
+The last line is ``worst_ratio_vs_exact=<max ratio> bit_exact=<true|false>`` over the
+tables measured. Emulation time is the cost of simulating the multiplier on the machine
+running this; it says nothing about the latency of hardware built with it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from dse.assignment import LayerConfig, targetable_layers
 from dse.cost.macs import layer_shapes
 from dse.emulation import calibrate_ranges
+from dse.multipliers import list_multipliers
 from dse.training.models import get_model
 from dse.transform import apply_assignment
 
@@ -66,42 +69,56 @@ def per_kind_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
     return dict(totals)
 
 
+QUICK = ["mitchell_w6_s8", "mul8u_NLX"]  # paper 2's Mitch-w6; the highest-rank unsigned EvoApprox error (52)
+FAMILIES = ["mitchell_w4_s8", "mitchell_w6_s8", "mitchell_w8_s8", "truncated_t6_s8", "drum_k4_s8"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one table, fewer repeats")
-    parser.add_argument(
-        "--tables", nargs="+", default=["mul8s_1L2J", "mul8s_1KV9", "mul8s_1KX5", "truncated_t6_s8", "mitchell_w6_s8"]
-    )
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}, fewer repeats")
+    parser.add_argument("--tables", nargs="+", help="multiplier names (default: every shipped table + families)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--details", action="store_true", help="per layer kind times, in ms")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = args.tables[:1] if args.quick else args.tables
+    shipped = sorted(n for n in list_multipliers() if n.startswith("mul8"))
+    tables = args.tables or (QUICK if args.quick else [*shipped, *FAMILIES])
     repeats = 3 if args.quick else args.repeats
     torch.manual_seed(0)
     base = get_model("mobilenet_v2_cifar").eval()  # every variant below is a copy of these weights
     x = torch.randn(args.batch, 3, 32, 32)
     layers = list(targetable_layers(base))
+    kinds = {n: s.kind for n, s in layer_shapes(base).items()}
+    kinds[next(iter(kinds))] = "first_conv"
     ranges = calibrate_ranges(base, [x[:32]], layers)
     model = copy.deepcopy(base)
-
     layouts = {
         "nchw": (model, x),
-        "channels_last": (model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
+        "channels_last": (
+            copy.deepcopy(model).to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        ),
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"{len(layers)} conv/linear layers"
+        f"{len(layers)} conv/linear layers, {repeats} interleaved repeats"
     )
+    print(
+        f"{'table':>16} {'paths (pointwise/depthwise/other)':>36} {'model':>7} {'pointw.':>8} {'depthw.':>8} "
+        f"{'bit-exact':>9} {'peak GB':>8}"
+    )
+    kinds_exact = per_kind_times(model, x, repeats)
     report = []
     for table in tables:
         assignment = {n: LayerConfig(multiplier=table) for n in layers}
         fast = apply_assignment(base, assignment, ranges, path="auto")
         with torch.inference_mode():
-            fast_out = fast(x)  # warm-up + builds weight caches
-            exact_layout = {k: m(inp) for k, (m, inp) in layouts.items()}  # warm-up
+            fast(x)  # warm-up: builds weight caches (and the kernel, once)
+            for m, inp in layouts.values():
+                m(inp)
             samples: dict[str, list[float]] = defaultdict(list)
             for _ in range(repeats):  # interleaved, so drift hits every variant alike
                 for k, (m, inp) in layouts.items():
@@ -109,30 +126,27 @@ def main() -> None:
                 samples["approx"] += timed(lambda fast=fast: fast(x), 1)
         exact_s = min(statistics.median(samples[k]) for k in layouts)
         approx_s = statistics.median(samples["approx"])
-        small = x[:4]
         reference = apply_assignment(base, assignment, ranges, path="reference")
         with torch.inference_mode():
-            bit_exact = torch.equal(reference(small), fast(small))
-        kinds_exact = per_kind_times(model.to(memory_format=torch.contiguous_format), x, repeats)
+            bit_exact = torch.equal(reference(x[:4]), fast(x[:4]))
         kinds_fast = per_kind_times(fast, x, repeats)
-        paths = sorted({getattr(m, "path", "-") for m in targetable_layers(fast).values()})
-        print(
-            f"\n{table} (path {', '.join(paths)}): exact fp32 {exact_s * 1e3:.1f} ms "
-            f"(nchw {statistics.median(samples['nchw']) * 1e3:.1f}, "
-            f"channels_last {statistics.median(samples['channels_last']) * 1e3:.1f}), "
-            f"emulated {approx_s * 1e3:.1f} ms, ratio {approx_s / exact_s:.2f}x, bit-exact vs reference: {bit_exact}"
-        )
-        for kind in ("first_conv", "pointwise", "depthwise", "conv", "linear"):
-            if kind in kinds_fast:
-                print(
-                    f"  {kind:>10}: {kinds_fast[kind] * 1e3:8.1f} ms vs {kinds_exact[kind] * 1e3:6.1f} ms exact "
-                    f"({kinds_fast[kind] / kinds_exact[kind]:.1f}x)"
-                )
-        report.append((table, approx_s / exact_s, bit_exact, float((fast_out - exact_layout["nchw"]).abs().max())))
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\npeak resident memory of this process: {peak_gb:.2f} GB (ru_maxrss)")
-    table, ratio, exact, _ = report[0]
-    print(f"ratio_vs_exact={ratio:.3f} bit_exact={'true' if exact else 'false'}")
+        by_kind: dict[str, set[str]] = defaultdict(set)
+        for name, module in targetable_layers(fast).items():
+            group = kinds[name] if kinds[name] in ("pointwise", "depthwise") else "other"
+            by_kind[group].add(getattr(module, "path", "-"))
+        paths = "/".join(",".join(sorted(by_kind[k])) for k in ("pointwise", "depthwise", "other"))
+        ratio = approx_s / exact_s
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        pw, dw = (kinds_fast[k] / kinds_exact[k] for k in ("pointwise", "depthwise"))
+        print(f"{table:>16} {paths:>36} {ratio:>6.2f}x {pw:>7.1f}x {dw:>7.1f}x {bit_exact!s:>9} {peak_gb:>8.2f}")
+        if args.details:
+            for kind in sorted(kinds_fast):
+                print(f"{'':>18}{kind}: {kinds_fast[kind] * 1e3:.1f} ms vs {kinds_exact[kind] * 1e3:.1f} ms exact")
+        report.append((table, ratio, bit_exact))
+    worst = max(report, key=lambda r: r[1])
+    print(f"\nexact fp32 model: {exact_s * 1e3:.1f} ms per batch (last table's run); worst: {worst[0]}")
+    all_exact = all(r[2] for r in report)
+    print(f"worst_ratio_vs_exact={worst[1]:.3f} bit_exact={'true' if all_exact else 'false'}")
 
 
 if __name__ == "__main__":

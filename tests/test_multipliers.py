@@ -113,3 +113,26 @@ def test_own_table_by_path(tmp_path) -> None:
     assert m.signed and m.error_stats().bias == 1.0
     with pytest.raises(ConfigError, match="has no circuit"):
         get_multiplier(f"{tmp_path / 'luts.npz'}:other")
+
+
+@pytest.mark.parametrize(
+    ("lut", "message"),
+    [
+        (np.zeros((256, 255), dtype=np.int32), r"shape \(256, 255\); it must be square"),
+        (np.zeros((3, 3), dtype=np.int32), r"power-of-two side"),
+        (np.full((256, 256), 0.5), r"dtype float64; it must hold integers"),
+        (np.where(np.eye(256) > 0, np.nan, 1.0), r"256 NaN entries \(first at \(0, 0\)\)"),
+        (np.full((256, 256), 2**17, dtype=np.int64), r"lut\[0, 0\] = 131072 is out of range for 8-bit operands"),
+        (np.zeros((8192, 2), dtype=np.int32), r"square"),
+    ],
+)
+def test_bad_tables_fail_at_load_time(lut: np.ndarray, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LutMultiplier(name="mine", lut=lut, signed=False)
+
+
+def test_bad_table_file_fails_at_load_time_with_the_file_named(tmp_path) -> None:
+    path = tmp_path / "luts.npz"
+    np.savez(path, mine=np.full((16, 16), np.nan))
+    with pytest.raises(ConfigError, match="NaN entries"):
+        get_multiplier(f"{path}:mine")

@@ -115,9 +115,16 @@ def kernel_conv2d(
     groups: int,
     variant: int = -1,
     with_xsum: bool = False,
+    zero_points: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> list[torch.Tensor]:
     """int32 ``sum_k lut[x_k, w_k]`` of a conv over an already padded input of table indices (CPU),
-    and with ``with_xsum`` the int32 ``sum_k x_k`` per group (N, groups, H', W') as a second tensor."""
+    and with ``with_xsum`` the int32 ``sum_k x_k`` per group (N, groups, H', W') as a second tensor.
+
+    ``zero_points = (zw, wsum, zx)`` (int64 per output channel, and the activations' zero point)
+    returns the zero-point-corrected sums ``acc - zw sum_k x_k - zx wsum + K zx zw`` instead,
+    computed exactly in int64; the caller makes sure they fit int32."""
+    empty = torch.empty(0, dtype=torch.int64)
+    zw, wsum, zx = zero_points if zero_points is not None else (empty, empty, 0)
     return module.lut_conv2d(
         x_idx.to(torch.uint8).contiguous(),
         w_idx.to(torch.uint8).contiguous(),
@@ -132,4 +139,7 @@ def kernel_conv2d(
         groups,
         variant,
         with_xsum,
+        zw,
+        wsum,
+        zx,
     )

@@ -34,7 +34,7 @@ from dse.exceptions import ConfigError
 from dse.multipliers import Multiplier, get_multiplier, operand_values
 from dse.numerics.quantization import activation_qparams, qrange, quantize, weight_qparams
 
-from ._exact_sums import accumulator_dtype
+from ._exact_sums import INT32_EXACT, accumulator_dtype
 from ._fused import FusedSeparable
 from ._kernel import KernelTables, kernel_conv2d, load_kernel
 from ._separable import SeparableProducts
@@ -114,7 +114,8 @@ class _Emulated(nn.Module):
             if module is not None:
                 self._kernel, self._kernel_tables = module, kernel_tables
         self.path = "kernel" if self._kernel is not None else torch_path
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {}  # derived from the weights / the activation range; rebuilt on change
+        self._constants: dict[str, Any] = {}  # fixed for the layer's life (table, shape)
         self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
@@ -142,6 +143,11 @@ class _Emulated(nn.Module):
         self.act_range.copy_(torch.tensor([lo, hi]))
 
     def _activation_qparams(self) -> tuple[float, float]:
+        """Scale and zero point of the activations, recomputed only when ``act_range`` changes."""
+        key = (self.act_range._version, self.act_range.data_ptr())
+        cached = self._cache.get("qparams")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         if not self.calibrated:
             raise RuntimeError(
                 f"Layer {self.layer_name!r} has no calibrated activation range; call "
@@ -149,7 +155,9 @@ class _Emulated(nn.Module):
                 "(dse.transform.apply_assignment does both)."
             )
         p = activation_qparams(float(self.act_range[0]), float(self.act_range[1]), self.bits, self.signed)
-        return float(p.scale), float(p.zero_point)
+        result = float(p.scale), float(p.zero_point)
+        self._cache["qparams"] = (key, result)
+        return result
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         key = prefix + "act_range"
@@ -172,25 +180,43 @@ class _Emulated(nn.Module):
         zero: float,
         scale: float,
         padding: tuple[int, int],
-        w_idx: torch.Tensor,
+        w: dict[str, Any],
+        w_shape: tuple[int, ...],
         stride: tuple[int, int],
         dilation: tuple[int, int],
         groups: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """int32 sums of the table's products from the compiled kernel, which quantizes and pads the
-        float input itself (one pass; the same arithmetic as :func:`dse.numerics.quantization.quantize`),
-        and for unsigned operands the activation sums per output channel (the zero-point term)."""
+        """Sums of the table's products from the compiled kernel, which quantizes and pads the float
+        input itself (one pass; the same arithmetic as :func:`dse.numerics.quantization.quantize`).
+
+        Signed operands: (int32 sums, None). Unsigned: the kernel applies the zero-point correction
+        in exact integers when the corrected sums fit int32, returning (corrected sums, None);
+        otherwise (sums, activation sums per output channel) for :meth:`_finish` to correct.
+        """
         assert self._kernel is not None and self._kernel_tables is not None
         lo, hi = qrange(self.bits, self.signed)
         idx = self._kernel.quantize_pad(x.float(), scale, zero, lo, hi, padding[0], padding[1])
-        out = kernel_conv2d(
-            self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups, with_xsum=not self.signed
-        )
+        w_idx = w["w_idx8"].view(w_shape)
         if self.signed:
+            return kernel_conv2d(self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups)[0], None
+        if self._kernel_corrects():
+            zero_points = (w["w_zero64"], w["w_sum64"], int(zero))
+            out = kernel_conv2d(
+                self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups, zero_points=zero_points
+            )
             return out[0], None
+        out = kernel_conv2d(self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups, with_xsum=True)
         per_group = out[0].shape[1] // groups
         # one sum per group: shared by its output channels (groups == 1 broadcasts over all of them)
         return out[0], (out[1].repeat_interleave(per_group, dim=1) if groups > 1 and per_group > 1 else out[1])
+
+    def _kernel_corrects(self) -> bool:
+        """Whether the zero-point-corrected sums of this (unsigned) layer fit the kernel's int32."""
+        if "kernel_corrects" not in self._constants:
+            lo, hi = qrange(self.bits, self.signed)
+            bound = float(self._lut.abs().max()) + 3.0 * max(abs(lo), abs(hi)) ** 2
+            self._constants["kernel_corrects"] = self._terms_per_output() * bound < INT32_EXACT
+        return bool(self._constants["kernel_corrects"])
 
     def _index(self, q: torch.Tensor) -> torch.Tensor:
         """Table index of integer-valued operands: the bit pattern (two's complement if signed)."""
@@ -218,6 +244,9 @@ class _Emulated(nn.Module):
         cache["w_sum"] = wq.reshape(wq.shape[0], -1).sum(dim=1)
         if self._kernel is not None:
             cache["w_idx8"] = w_idx.to(torch.uint8).contiguous()
+            if not self.signed:
+                cache["w_zero64"] = cache["w_zero"].round().long().contiguous()
+                cache["w_sum64"] = cache["w_sum"].round().long().contiguous()
         if self._fused is not None:
             cache["w_stack"] = self._fused.weight_stack(wq)
         elif self._separable is not None:
@@ -229,11 +258,14 @@ class _Emulated(nn.Module):
         return int(self.weight[0].numel())
 
     def _accumulator_dtype(self) -> torch.dtype:
-        lo, hi = qrange(self.bits, self.signed)
-        bound = float(self._lut.abs().max())
-        if not self.signed:  # zero-point terms
-            bound += 3.0 * max(abs(lo), abs(hi)) ** 2
-        return accumulator_dtype(self._terms_per_output(), bound)
+        """float32 when every sum of this layer is exact in it, else float64 (fixed per layer)."""
+        if "acc_dtype" not in self._constants:
+            lo, hi = qrange(self.bits, self.signed)
+            bound = float(self._lut.abs().max())
+            if not self.signed:  # zero-point terms
+                bound += 3.0 * max(abs(lo), abs(hi)) ** 2
+            self._constants["acc_dtype"] = accumulator_dtype(self._terms_per_output(), bound)
+        return self._constants["acc_dtype"]
 
     def _finish(
         self,
@@ -248,8 +280,7 @@ class _Emulated(nn.Module):
         dtype = self._accumulator_dtype()
         acc = acc.to(dtype)
         view = (1, -1) + (1,) * (len(out_shape) - 2)
-        if not self.signed:
-            assert x_sum is not None, "unsigned operands need the activation sums"
+        if not self.signed and x_sum is not None:  # (None: the kernel applied the correction already)
             zw = w["w_zero"].to(dtype).view(view)
             acc = (
                 acc
@@ -257,7 +288,10 @@ class _Emulated(nn.Module):
                 - zero * w["w_sum"].to(dtype).view(view)
                 + self._terms_per_output() * zero * zw
             )
-        combined = (scale * w["w_scale"].double()).to(dtype).view(view)
+        combined = w.get("combined")
+        if combined is None or w.get("combined_for") != (scale, dtype, view):  # per weights and activation scale
+            combined = (scale * w["w_scale"].double()).to(dtype).view(view)
+            w["combined"], w["combined_for"] = combined, (scale, dtype, view)
         if dtype == torch.float32 and self.bias is not None:
             return torch.addcmul(self.bias.view(view), acc, combined)  # one pass
         y = (acc * combined).float()
@@ -337,7 +371,8 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         stride, padding, dilation = self._geometry()
         ph, pw = padding
         if self._on_kernel(x):
-            acc, x_sum = self._kernel_sums(x, zero, scale, padding, w["w_idx8"], stride, dilation, self.groups)
+            shape = tuple(self.weight.shape)
+            acc, x_sum = self._kernel_sums(x, zero, scale, padding, w, shape, stride, dilation, self.groups)
             return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
         if self._fused is not None:
             if self._fused.shift is not None:  # factors by arithmetic; floor(0) = 0, so zero padding is exact
@@ -425,8 +460,8 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
         if self._on_kernel(x):
             flat = x.reshape(-1, x.shape[-1])
             n, k = flat.shape
-            w_idx = w["w_idx8"].view(-1, k, 1, 1)
-            acc, x_sum = self._kernel_sums(flat.view(n, k, 1, 1), zero, scale, (0, 0), w_idx, (1, 1), (1, 1), 1)
+            x4 = flat.view(n, k, 1, 1)
+            acc, x_sum = self._kernel_sums(x4, zero, scale, (0, 0), w, (-1, k, 1, 1), (1, 1), (1, 1), 1)
             acc, x_sum = acc.view(n, -1), (x_sum.view(n, 1) if x_sum is not None else None)
             return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape)).reshape(*lead, -1)
         xq = self._quantize_input(x.reshape(-1, x.shape[-1]), zero, scale)

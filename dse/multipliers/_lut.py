@@ -10,7 +10,7 @@ import numpy as np
 
 from dse.exceptions import ConfigError
 
-from ._base import Multiplier, operand_values
+from ._base import Multiplier, check_bits, operand_values
 
 __all__ = ["EVOAPPROX_DIR", "LutMultiplier", "load_lut_library"]
 
@@ -46,11 +46,29 @@ class LutMultiplier(Multiplier):
                 "(256 x 256 for 8-bit operands)."
             )
         if not np.issubdtype(lut.dtype, np.integer):
-            raise ConfigError(f"Multiplier table {self.name!r} has dtype {lut.dtype}; it must hold integers (int32).")
+            nan = int(np.isnan(lut).sum()) if np.issubdtype(lut.dtype, np.floating) else 0
+            where = (
+                f", {nan} NaN entries (first at {tuple(int(i) for i in np.argwhere(np.isnan(lut))[0])})" if nan else ""
+            )
+            raise ConfigError(
+                f"Multiplier table {self.name!r} has dtype {lut.dtype}{where}; it must hold integers: the circuit's "
+                "output for every operand pair (save it as int32, e.g. np.savez(path, name=lut.astype(np.int32)))."
+            )
+        bits = int(lut.shape[0]).bit_length() - 1
+        check_bits(self.name, bits)
+        # A product of two b-bit operands needs 2b bits (+1 for a sign); the exact sums assume it.
+        limit = 2 ** (2 * bits + 1)
+        if lut.size and np.abs(lut.astype(np.int64)).max() >= limit:
+            a, b = (int(i) for i in np.unravel_index(np.abs(lut.astype(np.int64)).argmax(), lut.shape))
+            raise ConfigError(
+                f"Multiplier table {self.name!r}: entry lut[{a}, {b}] = {int(lut[a, b])} is out of range for "
+                f"{bits}-bit operands (|entry| < 2^{2 * bits + 1} = {limit}); emulation's exact integer sums rely "
+                "on that bound. Check the table's scaling and operand width."
+            )
         table = lut.astype(np.int64)
         table.setflags(write=False)
         object.__setattr__(self, "lut", table)
-        object.__setattr__(self, "bits", int(lut.shape[0]).bit_length() - 1)
+        object.__setattr__(self, "bits", bits)
         power = self.metrics.get("lib_power_mW")
         if power and self.exact_power_mw:
             object.__setattr__(self, "power_ratio", float(power) / self.exact_power_mw)

@@ -141,10 +141,13 @@ int64_t cpu_variant() { return best_variant(); }
 //   lo8/hi8: uint8 [S, 256] low/high bytes of rows32 when every entry fits 16 bits and S == 256, else empty
 //   variant: -1 = the best this CPU has, or force 0/1/2 (tests)
 //   with_xsum: also return sum_k x_k per group and pixel (unsigned operands' zero-point term)
+//   zw, wsum (int64 [O], or empty), zx: with them, each output is the zero-point-corrected sum
+//     acc - zw[o] sum_k x_k - zx wsum[o] + K zx zw[o] (exact int64; the caller checks it fits int32)
 // Returns [int32 [N, O, Ho, Wo]] or [that, int32 [N, groups, Ho, Wo]].
 std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::Tensor rows32, torch::Tensor lo8,
                                       torch::Tensor hi8, bool unsigned_words, int64_t sh, int64_t sw, int64_t dh,
-                                      int64_t dw, int64_t groups, int64_t variant, bool with_xsum) {
+                                      int64_t dw, int64_t groups, int64_t variant, bool with_xsum, torch::Tensor zw,
+                                      torch::Tensor wsum, int64_t zx) {
   TORCH_CHECK(x.dtype() == torch::kUInt8 && w.dtype() == torch::kUInt8, "indices must be uint8");
   TORCH_CHECK(rows32.dtype() == torch::kInt32 && rows32.dim() == 2, "rows32 must be int32 [S, S]");
   TORCH_CHECK(x.dim() == 4 && w.dim() == 4, "x and w must be 4-D");
@@ -188,6 +191,11 @@ std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::T
   const uint8_t* wp = w.data_ptr<uint8_t>();
   int32_t* op = out.data_ptr<int32_t>();
   int32_t* sp = with_xsum ? xsum.data_ptr<int32_t>() : nullptr;
+  const bool correct = zw.numel() > 0;
+  TORCH_CHECK(!correct || (zw.numel() == O && wsum.numel() == O && zw.dtype() == torch::kInt64 &&
+                           wsum.dtype() == torch::kInt64), "zw and wsum must be int64 [O]");
+  const int64_t* zwp = correct ? zw.contiguous().data_ptr<int64_t>() : nullptr;
+  const int64_t* wsp = correct ? wsum.contiguous().data_ptr<int64_t>() : nullptr;
   int slot[kAlign];
   for (int j = 0; j < kAlign; ++j) slot[j] = variant == kVbmi ? vbmi_slot(j) : j;
 
@@ -216,15 +224,19 @@ std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::T
       }
     }
   };
-  // acc (one block, wide or not, in the variant's lane order) -> dst rows [n][Ho*Wo] with stride `step`
-  auto scatter = [&](const int32_t* acc, int32_t* dst, int64_t step, int64_t n0, int64_t n1, bool lanes) {
+  // acc (one block, wide or not, in the variant's lane order) -> dst rows [n][Ho*Wo] with stride `step`;
+  // with xs (sum_k x_k of the block, natural order), the zero-point correction of output channel o
+  auto scatter = [&](const int32_t* acc, int32_t* dst, int64_t step, int64_t n0, int64_t n1, bool lanes,
+                     const int32_t* xs, int64_t o) {
+    const int64_t z = xs ? zwp[o] : 0, constant = xs ? K * zx * zwp[o] - zx * wsp[o] : 0;
     for (int64_t n = n0; n < n1; ++n) {
       int32_t* row = dst + (n - n0) * step;
       const int64_t base = (n - n0) * P;
       for (int64_t oy = 0; oy < Ho; ++oy) {
         for (int64_t ox = 0; ox < Wo; ++ox) {
           const int64_t q = base + oy * (wide ? Wp : Wo) + ox;
-          row[oy * Wo + ox] = lanes ? acc[(q & ~(kAlign - 1)) + slot[q & (kAlign - 1)]] : acc[q];
+          const int64_t v = lanes ? acc[(q & ~(kAlign - 1)) + slot[q & (kAlign - 1)]] : acc[q];
+          row[oy * Wo + ox] = static_cast<int32_t>(xs ? v - z * xs[q] + constant : v);
         }
       }
     }
@@ -241,6 +253,7 @@ std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::T
   const int64_t items = units * ochunks;
   std::vector<std::vector<uint8_t>> cols_of(threads);  // per-thread im2col when not shared
   std::vector<std::vector<int32_t>> acc_of(threads);
+  std::vector<std::vector<int32_t>> xs_of(threads);  // sum_k x_k of the block, when correcting
   parallel_items(items, [&](int64_t item, int64_t worker) {
     const int64_t chunk = item % ochunks, unit = item / ochunks;
     const int64_t g = unit / blocks, b = unit % blocks;
@@ -257,20 +270,24 @@ std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::T
       build_cols(own.data(), g, n0, n1);
       cols = own.data();
     }
-    if (sp != nullptr && chunk == 0) {  // sum_k x_k, in natural pixel order
-      std::fill(acc.begin(), acc.end(), 0);
+    const int32_t* xs = nullptr;
+    if (correct || (sp != nullptr && chunk == 0)) {  // sum_k x_k, in natural pixel order
+      std::vector<int32_t>& sums = xs_of[worker];
+      sums.assign(static_cast<size_t>(Pb), 0);
       for (int64_t k = 0; k < K; ++k) {
         const uint8_t* col = cols + k * Pb;
-        for (int64_t q = 0; q < Pb; ++q) acc[q] += col[q];
+        for (int64_t q = 0; q < Pb; ++q) sums[q] += col[q];
       }
-      scatter(acc.data(), sp + (n0 * groups + g) * Ho * Wo, groups * Ho * Wo, n0, n1, false);
+      if (sp != nullptr && chunk == 0)
+        scatter(sums.data(), sp + (n0 * groups + g) * Ho * Wo, groups * Ho * Wo, n0, n1, false, nullptr, 0);
+      if (correct) xs = sums.data();
     }
     for (int64_t oo = o_begin; oo < o_end; ++oo) {
       const int64_t o = g * Og + oo;
       std::fill(acc.begin(), acc.end(), 0);
       const uint8_t* wo = wp + o * K;
       for (int64_t k = 0; k < K; ++k) row_fn(acc.data(), cols + k * Pb, Pb, tables, wo[k]);
-      scatter(acc.data(), op + (n0 * O + o) * Ho * Wo, O * Ho * Wo, n0, n1, variant == kVbmi);
+      scatter(acc.data(), op + (n0 * O + o) * Ho * Wo, O * Ho * Wo, n0, n1, variant == kVbmi, xs, o);
     }
   });
   if (with_xsum) return {out, xsum};
