@@ -127,7 +127,7 @@ def test_without_a_compiler_the_layers_warn_once_and_stay_exact(monkeypatch: pyt
     messages = [str(w.message) for w in caught if issubclass(w.category, _kernel.KernelUnavailableWarning)]
     assert len(messages) == 1 and "Ninja is required" in messages[0] and "bit-exact all the same" in messages[0]
     for approx, name in zip(layers, ("mitchell_w6_s8", "mul8u_DG8", "mul8s_1KV9"), strict=True):
-        assert approx.path in ("table", "separable")
+        assert approx.path in ("table", "separable", "arithmetic")  # Mitchell: by arithmetic
         reference = approximate_layer(layer, name, path="reference")
         for a in (approx, reference):
             a.set_activation_range(float(x.min()), float(x.max()))
@@ -306,3 +306,31 @@ def test_kernel_quantizes_exactly_like_the_reference(multiplier: str, layout: st
         a.set_activation_range(-2.0, 2.5)
     assert fast.path == "kernel"
     assert torch.equal(fast(x), reference(x))
+
+
+MITCHELL = [f"mitchell_w{w}_{s}8" for w in range(2, 9) for s in "su"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("multiplier", [*MITCHELL, "mitchell_w6_bc_s8", "mitchell_w3_bc_u8"])
+def test_mitchell_by_arithmetic_equals_the_table(shape, multiplier: str) -> None:
+    ref, arith = emulated_pair(
+        shape, multiplier, ("reference", "arithmetic"), seed=zlib.crc32(multiplier.encode()) % 97
+    )
+    assert torch.equal(ref, arith)
+
+
+@pytest.mark.parametrize("name", ["mitchell_w6_s10", "mitchell_w9_u10", "mitchell_w4_s4"])
+def test_mitchell_by_arithmetic_for_other_widths(name: str) -> None:
+    """Operands wider than 8 bits have no kernel (its indices are bytes): auto computes Mitchell's product."""
+    for shape in (SHAPES[0], SHAPES[2], SHAPES[7]):
+        ref, fast = emulated_pair(shape, name, ("reference", "auto"))
+        assert torch.equal(ref, fast)
+    layer, _ = make_layer(SHAPES[0])
+    expected = "arithmetic" if get_multiplier(name).bits > 8 else "kernel"
+    assert approximate_layer(layer, name).path == expected
+
+
+def test_arithmetic_path_is_only_for_mitchell() -> None:
+    with pytest.raises(ConfigError, match=r"path 'arithmetic' computes Mitchell's product; 'mul8s_1KV9'"):
+        approximate_layer(nn.Linear(4, 2), "mul8s_1KV9", path="arithmetic")

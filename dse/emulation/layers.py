@@ -11,7 +11,8 @@ With the exact multiplier this is ordinary integer quantized inference. The
 activation range is calibrated once (:func:`dse.emulation.calibration.calibrate_ranges`)
 and frozen in the ``act_range`` buffer. ``path`` picks the emulation:
 ``reference`` (unfold + lookups, the oracle), ``separable`` (1 + rank convs),
-``table`` (weight-specific tables, any multiplier), ``kernel`` (the compiled
+``table`` (weight-specific tables, any multiplier), ``arithmetic`` (Mitchell's
+product computed per MAC, no table: any device, any width), ``kernel`` (the compiled
 one-read-per-MAC kernel, CPU; other devices take the PyTorch path), or ``auto``
 (the kernel on CPU unless the table needs no lookup; separable or table elsewhere).
 All paths give the same bits. The state_dict is the original layer's plus ``act_range``, and an
@@ -31,12 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dse.exceptions import ConfigError
-from dse.multipliers import Multiplier, get_multiplier, operand_values
+from dse.multipliers import MitchellMultiplier, Multiplier, get_multiplier, operand_values
 from dse.numerics.quantization import activation_qparams, qrange, quantize, weight_qparams
 
 from ._exact_sums import INT32_EXACT, accumulator_dtype
 from ._fused import FusedSeparable
 from ._kernel import KernelTables, kernel_conv2d, load_kernel
+from ._mitchell_arith import MitchellProducts
 from ._separable import SeparableProducts
 from ._tables import TableProducts
 from .reference import lut_conv2d_reference, lut_linear_reference
@@ -44,8 +46,8 @@ from .reference import lut_conv2d_reference, lut_linear_reference
 __all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer"]
 
 _logger = logging.getLogger(__name__)
-EmulationPath = Literal["auto", "reference", "separable", "table", "kernel"]
-_PATHS = ("auto", "reference", "separable", "table", "kernel")
+EmulationPath = Literal["auto", "reference", "separable", "table", "kernel", "arithmetic"]
+_PATHS = ("auto", "reference", "separable", "table", "kernel", "arithmetic")
 
 
 class _Emulated(nn.Module):
@@ -89,10 +91,22 @@ class _Emulated(nn.Module):
         self.signed = mult.signed
         values = operand_values(mult.bits, mult.signed)
         table = mult.table()
-        # The PyTorch path (any device): separable when the table's error is low-rank, else tables.
-        torch_path = path if path in ("reference", "separable", "table") else None
+        if path == "arithmetic" and not isinstance(mult, MitchellMultiplier):
+            raise ConfigError(
+                f"Layer {name!r}: path 'arithmetic' computes Mitchell's product; {mult.name!r} is not a Mitchell "
+                "multiplier. Use path 'auto', 'kernel', 'separable' or 'table'."
+            )
+        # The PyTorch path (any device): Mitchell by arithmetic (no table), separable when the
+        # table's error is low-rank, else weight-specific tables.
+        torch_path = path if path in ("reference", "separable", "table", "arithmetic") else None
         if torch_path is None:
-            torch_path = "separable" if SeparableProducts.usable(table, values) else "table"
+            if isinstance(mult, MitchellMultiplier):
+                torch_path = "arithmetic"
+            else:
+                torch_path = "separable" if SeparableProducts.usable(table, values) else "table"
+        self._arithmetic = (
+            MitchellProducts(mult) if torch_path == "arithmetic" and isinstance(mult, MitchellMultiplier) else None
+        )
         self._torch_path = torch_path
         self._lut = torch.from_numpy(np.array(table, dtype=np.int64))  # a writable copy
         self._separable = SeparableProducts(table, values) if torch_path == "separable" else None
@@ -195,7 +209,7 @@ class _Emulated(nn.Module):
         """
         assert self._kernel is not None and self._kernel_tables is not None
         lo, hi = qrange(self.bits, self.signed)
-        idx = self._kernel.quantize_pad(x.float(), scale, zero, lo, hi, padding[0], padding[1])
+        idx = self._kernel.quantize_pad(x.float(), scale, zero, lo, hi, padding[0], padding[1], self.bits)
         w_idx = w["w_idx8"].view(w_shape)
         if self.signed:
             return kernel_conv2d(self._kernel, idx, w_idx, self._kernel_tables, stride, dilation, groups)[0], None
@@ -389,6 +403,9 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
             acc = lut_conv2d_reference(
                 self._index(xq), w["w_idx"], self._lut.to(x.device), stride, dilation, self.groups
             )
+        elif self._torch_path == "arithmetic":
+            assert self._arithmetic is not None
+            acc = self._arithmetic.conv2d(xq, w["wq"], stride, dilation, self.groups)
         elif self._torch_path == "table":
             assert self._tables is not None
             acc = self._tables.conv2d(self._index(xq), w["w_idx"], stride, dilation, self.groups)
@@ -476,6 +493,9 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
         x_sum = None
         if self._torch_path == "reference":
             acc = lut_linear_reference(self._index(xq), w["w_idx"], self._lut.to(x.device))
+        elif self._torch_path == "arithmetic":
+            assert self._arithmetic is not None
+            acc = self._arithmetic.linear(xq, w["wq"])
         elif self._torch_path == "table":
             assert self._tables is not None
             acc = self._tables.linear(self._index(xq), w["w_idx"])

@@ -300,7 +300,7 @@ std::vector<torch::Tensor> lut_conv2d(torch::Tensor x, torch::Tensor w, torch::T
 // half to even in IEEE float32 without a libm call. Vectorizable; clones for AVX-512 and AVX2.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void quantize_row(uint8_t* out, const float* x,
                                                                               int64_t n, float sc, float zf, float lo,
-                                                                              float hi) {
+                                                                              float hi, int32_t mask) {
   const float magic = 12582912.0f;  // 1.5 * 2^23
   const float qlo = lo - zf - 1.0f, qhi = hi - zf + 1.0f;
   for (int64_t w = 0; w < n; ++w) {
@@ -309,23 +309,26 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void quantize_row(u
     q = q < qlo ? qlo : (q > qhi ? qhi : q);
     q = (q + magic) - magic + zf;
     q = q < lo ? lo : (q > hi ? hi : q);
-    out[w] = static_cast<uint8_t>(static_cast<int32_t>(q));
+    out[w] = static_cast<uint8_t>(static_cast<int32_t>(q) & mask);
   }
 }
 
 // Table indices of quantized activations, padded, in one pass over a contiguous NCHW float input:
 // the same float32 arithmetic as dse.numerics.quantization.quantize (q = x / scale; NaN -> 0;
 // round half to even; + zero; clamp), then the index: q's two's-complement byte if signed, else q.
-// The padding holds the index of the zero point. Returns uint8 [N, C, H+2ph, W+2pw].
+// The index is the value's low `bits` bits (two's complement for signed operands). The padding
+// holds the index of the zero point. Returns uint8 [N, C, H+2ph, W+2pw].
 torch::Tensor quantize_pad(torch::Tensor x, double scale, double zero, int64_t qmin, int64_t qmax, int64_t ph,
-                           int64_t pw) {
+                           int64_t pw, int64_t bits) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, "the kernel indexes tables of at most 8-bit operands");
+  const int32_t mask = (1 << bits) - 1;
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 4, "x must be a 4-D float32 tensor");
   x = x.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   const float sc = static_cast<float>(scale), zf = static_cast<float>(zero);
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-  const uint8_t pad_index = static_cast<uint8_t>(static_cast<int64_t>(zf) & 0xFF);
+  const uint8_t pad_index = static_cast<uint8_t>(static_cast<int64_t>(zf) & mask);
   auto out = torch::empty({N, C, Hp, Wp}, torch::dtype(torch::kUInt8));
   const float* xp = x.data_ptr<float>();
   uint8_t* op = out.data_ptr<uint8_t>();
@@ -334,11 +337,11 @@ torch::Tensor quantize_pad(torch::Tensor x, double scale, double zero, int64_t q
       uint8_t* dst = op + nc * Hp * Wp;
       const float* src = xp + nc * H * W;
       if (ph == 0 && pw == 0) {
-        quantize_row(dst, src, H * W, sc, zf, lo, hi);
+        quantize_row(dst, src, H * W, sc, zf, lo, hi, mask);
         continue;
       }
       std::memset(dst, pad_index, static_cast<size_t>(Hp * Wp));
-      for (int64_t h = 0; h < H; ++h) quantize_row(dst + (h + ph) * Wp + pw, src + h * W, W, sc, zf, lo, hi);
+      for (int64_t h = 0; h < H; ++h) quantize_row(dst + (h + ph) * Wp + pw, src + h * W, W, sc, zf, lo, hi, mask);
     }
   });
   return out;
