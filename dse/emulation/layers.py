@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import grad as conv_grad
 
 from dse.exceptions import ConfigError
 from dse.multipliers import MitchellMultiplier, Multiplier, get_multiplier, operand_values
@@ -316,6 +317,44 @@ class _Emulated(nn.Module):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}"
 
+    # -- forward and its gradient -------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The emulated layer, bit-exact. Under autograd (training), the same output with a
+        straight-through gradient: that of the exact operation at the quantized operands.
+
+        What trains and what stays: weight scales (and zero points) follow the weights at
+        every step (they are derived from the current weights); the activation range stays
+        frozen at its calibrated value (``act_range``), so the forward never depends on the
+        batch; gradients to activations outside that range are zero (clipped
+        straight-through). Emulation runs outside autocast: its sums must stay exact.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+                return _StraightThrough.apply(x, self.weight, self.bias, self)
+            return self._emulate(x)
+
+    def _emulate(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _exact_grads(
+        self, x: torch.Tensor, grad_y: torch.Tensor, needs: tuple[bool, bool, bool]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Gradients (input, weight, bias) of the exact layer at the dequantized operands."""
+        raise NotImplementedError
+
+    def dequantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The operands the emulation multiplies, in real units: s_x (q_x - z_x), s_w (q_w - z_w),
+        and the mask of activations inside the frozen range (where the straight-through gradient passes)."""
+        scale, zero = self._activation_qparams()
+        xq = self._quantize_input(x.detach(), zero, scale)
+        w = self._weights()
+        view = (-1,) + (1,) * (self.weight.dim() - 1)
+        w_real = (w["wq"] - w["w_zero"].view(view)) * w["w_scale"].view(view)
+        lo, hi = (float(v) for v in self.act_range)
+        inside = (x >= min(lo, 0.0) - 0.5 * scale) & (x <= max(hi, 0.0) + 0.5 * scale)
+        return (xq - zero) * scale, w_real, inside
+
 
 class ApproxConv2d(_Emulated, nn.Conv2d):
     """A Conv2d (any stride, padding, dilation, groups) whose products come from ``multiplier``."""
@@ -371,6 +410,21 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         layer.load_state_dict(conv.state_dict(), strict=False)
         return layer
 
+    def _exact_grads(
+        self, x: torch.Tensor, grad_y: torch.Tensor, needs: tuple[bool, bool, bool]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        stride, padding, dilation = self._geometry()
+        x_real, w_real, inside = self.dequantized(x)
+        grad_x = grad_w = grad_b = None
+        if needs[0]:
+            grad_x = conv_grad.conv2d_input(x.shape, w_real, grad_y, stride, padding, dilation, self.groups)
+            grad_x = grad_x * inside
+        if needs[1]:
+            grad_w = conv_grad.conv2d_weight(x_real, self.weight.shape, grad_y, stride, padding, dilation, self.groups)
+        if needs[2]:
+            grad_b = grad_y.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b
+
     def _geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """Stride, numeric padding (checked in ``__init__``) and dilation as int pairs."""
         return (
@@ -379,7 +433,7 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
             cast(tuple[int, int], self.dilation),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _emulate(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero = self._activation_qparams()
         w = self._weights()
         stride, padding, dilation = self._geometry()
@@ -421,6 +475,27 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
             x_sum = F.conv2d(xq.double(), ones, None, stride, 0, dilation, self.groups)
             x_sum = x_sum.repeat_interleave(self.out_channels // self.groups, dim=1)
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the emulated (bit-exact) layer. Backward: the exact layer's gradient at the
+    quantized operands (straight through the rounding; zero outside the activation range)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: _Emulated
+    ) -> torch.Tensor:
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return layer._emulate(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        grad_x, grad_w, grad_b = ctx.layer._exact_grads(x, grad_y, needs)
+        return grad_x, grad_w, grad_b, None
 
 
 class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, Conv2d.bias as Tensor | None
@@ -470,7 +545,17 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
         layer.load_state_dict(linear.state_dict(), strict=False)
         return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _exact_grads(
+        self, x: torch.Tensor, grad_y: torch.Tensor, needs: tuple[bool, bool, bool]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x_real, w_real, inside = self.dequantized(x)
+        gy = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = (gy @ w_real).view(x.shape) * inside if needs[0] else None
+        grad_w = gy.t() @ x_real.reshape(-1, x.shape[-1]) if needs[1] else None
+        grad_b = gy.sum(dim=0) if needs[2] else None
+        return grad_x, grad_w, grad_b
+
+    def _emulate(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero = self._activation_qparams()
         w = self._weights()
         lead = x.shape[:-1]
