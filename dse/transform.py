@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from dse.assignment import Assignment, targetable_layers
 from dse.emulation import EmulationPath, approximate_layer
@@ -19,17 +21,58 @@ from dse.exceptions import SearchSpaceError
 from dse.numerics.decimal_places import round_to_decimals
 from dse.numerics.formats import NumberFormat, parse_format
 
-__all__ = ["RoundInput", "apply_assignment"]
+__all__ = ["RoundInput", "RoundWeight", "apply_assignment"]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``rounded`` exactly (so training sees the evaluation's numbers bit for bit);
+    backward: the identity to ``x`` (the straight-through estimator of a rounding)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+        return rounded
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _straight_through(x: torch.Tensor, rounding: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return rounding(x)
+    with torch.no_grad():
+        rounded = rounding(x.detach())
+    return _StraightThrough.apply(x, rounded)
 
 
 class RoundInput:
-    """Forward pre-hook: the layer's input takes a number format (over a frozen range)."""
+    """Forward pre-hook: the layer's input takes a number format (over a frozen range);
+    straight-through under autograd."""
 
     def __init__(self, fmt: NumberFormat, lo: float, hi: float) -> None:
         self.fmt, self.lo, self.hi = fmt, lo, hi
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return (self.fmt.round_activation(inputs[0], self.lo, self.hi), *inputs[1:])
+        return (_straight_through(inputs[0], lambda x: self.fmt.round_activation(x, self.lo, self.hi)), *inputs[1:])
+
+
+class RoundWeight(nn.Module):
+    """A weight parametrization: decimal places, then a number format, re-applied at every forward
+    so retraining stays on the assignment's grid; straight-through gradient to the latent weight."""
+
+    def __init__(self, decimals: int | None, fmt: NumberFormat | None) -> None:
+        super().__init__()
+        self.decimals, self.fmt = decimals, fmt
+
+    def _round(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.decimals is not None:
+            weight = round_to_decimals(weight, self.decimals)
+        if self.fmt is not None:
+            weight = self.fmt.round_weight(weight)
+        return weight
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _straight_through(weight, self._round)
 
 
 def apply_assignment(
@@ -38,6 +81,7 @@ def apply_assignment(
     activation_ranges: Mapping[str, tuple[float, float]] | None = None,
     path: EmulationPath = "auto",
     per_channel: bool = True,
+    trainable: bool = False,
 ) -> nn.Module:
     """A deep copy of ``model`` with each named layer transformed by its config.
 
@@ -45,6 +89,10 @@ def apply_assignment(
     replaced by its emulated twin, quantizing its input over ``activation_ranges[name]``
     (calibrated once on the exact model: :func:`dse.emulation.calibrate_ranges`), on
     emulation ``path`` with per-output-channel (else per-tensor) weight scales.
+
+    ``trainable``: decimal places and weight formats become parametrizations re-applied at
+    every forward (:class:`RoundWeight`), so retraining keeps the weights on the assignment's
+    grid; the forward's values are the same as without it.
     """
     layers = targetable_layers(model)
     unknown = sorted(set(assignment) - set(layers))
@@ -55,13 +103,15 @@ def apply_assignment(
         )
     result = copy.deepcopy(model)
     new_layers = targetable_layers(result)
-    with torch.no_grad():
-        for name, config in assignment.items():
-            weight = new_layers[name].weight
-            if config.decimals is not None:
-                weight.copy_(round_to_decimals(weight, config.decimals))
-            if config.weight_format is not None:
-                weight.copy_(parse_format(config.weight_format).round_weight(weight))
+    roundings = {
+        name: RoundWeight(config.decimals, parse_format(config.weight_format) if config.weight_format else None)
+        for name, config in assignment.items()
+        if config.decimals is not None or config.weight_format is not None
+    }
+    if not trainable:  # rounded once, in place
+        with torch.no_grad():
+            for name, rounding in roundings.items():
+                new_layers[name].weight.copy_(rounding(new_layers[name].weight))
     for name, config in assignment.items():
         if config.activation_format is not None:
             fmt = parse_format(config.activation_format)
@@ -84,4 +134,8 @@ def apply_assignment(
         layer.set_activation_range(*activation_ranges[name])
         parent_name, _, child = name.rpartition(".")
         setattr(result.get_submodule(parent_name) if parent_name else result, child, layer)
+    if trainable:  # re-applied at every forward, on the final (possibly emulated) layers
+        final_layers = targetable_layers(result)
+        for name, rounding in roundings.items():
+            parametrize.register_parametrization(final_layers[name], "weight", rounding)
     return result

@@ -57,6 +57,7 @@ def test_gradients_are_those_of_the_exact_layer_at_the_quantized_operands(shape,
 def test_a_few_steps_of_retraining_recover_accuracy_lost_to_a_coarse_multiplier() -> None:
     """A tiny real problem: a linear classifier on a coarse truncated multiplier; SGD through the
     straight-through gradients lowers the loss and raises the accuracy of the *emulated* model."""
+    torch.manual_seed(0)  # the layer's initialisation
     gen = torch.Generator().manual_seed(0)
     centers = torch.randn(4, 16, generator=gen) * 2
     labels = torch.arange(400) % 4
@@ -67,8 +68,8 @@ def test_a_few_steps_of_retraining_recover_accuracy_lost_to_a_coarse_multiplier(
         opt.zero_grad()
         F.cross_entropy(exact(x), labels).backward()
         opt.step()
-    with torch.no_grad():
-        exact.weight.mul_(0.05)  # a perturbed start: the approximate model must learn it back
+    with torch.no_grad():  # a perturbed start: the approximate model must learn it back
+        exact.weight.add_(torch.randn(exact.weight.shape, generator=gen) * 2 * exact.weight.abs().max())
     approx = approximate_layer(exact, "truncated_t8_s8")
     approx.set_activation_range(float(x.min()), float(x.max()))
 
@@ -86,8 +87,9 @@ def test_a_few_steps_of_retraining_recover_accuracy_lost_to_a_coarse_multiplier(
         opt.step()
     with torch.no_grad():
         after_loss = float(F.cross_entropy(approx(x), labels))
-    assert after_loss < 0.7 * before_loss
-    assert accuracy() >= before_acc + 0.05 and accuracy() > 0.8
+    assert before_acc < 0.75  # the perturbation broke it clearly
+    assert after_loss < 0.5 * before_loss
+    assert accuracy() >= before_acc + 0.15 and accuracy() > 0.9
 
 
 def test_emulated_layers_run_outside_autocast() -> None:
@@ -102,3 +104,43 @@ def test_emulated_layers_run_outside_autocast() -> None:
         plain = approx(x.bfloat16().float())
     assert under_autocast.dtype == torch.float32
     assert torch.equal(under_autocast, plain)
+
+
+def test_trainable_assignments_keep_weights_on_their_grid_and_forward_the_same() -> None:
+    """Decimal places and formats become parametrizations: the same forward as the frozen copy,
+    and after an optimizer step the effective weights are still on the d-decimal / format grid."""
+    from dse.assignment import LayerConfig
+    from dse.emulation import calibrate_ranges
+    from dse.training.cifar10 import CIFAR10DataModule, normalize
+    from dse.training.models import get_model
+    from dse.training.weights import load_weights
+    from dse.transform import apply_assignment
+
+    torch.manual_seed(0)
+    # the trained model on real images: its training-mode activations stay near the calibrated ranges
+    model = load_weights(get_model("tiny_cnn"), "tiny_cnn_cifar10").eval()
+    data = CIFAR10DataModule(path="cifar10_test_subset", test_subset=20)
+    data.setup("test")
+    images, labels = next(iter(data.test_dataloader()))
+    x, y = normalize(images)[:8], labels[:8]
+    assignment = {
+        "features.0.0": LayerConfig(decimals=2),
+        "features.2.0": LayerConfig(weight_format="e4m3", activation_format="int8"),
+        "classifier": LayerConfig(multiplier="mul8s_1KV9", decimals=3),
+    }
+    ranges = calibrate_ranges(model, [x], list(assignment))
+    frozen = apply_assignment(model, assignment, ranges)
+    trainable = apply_assignment(model, assignment, ranges, trainable=True)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), trainable(x))
+    trainable.train()
+    opt = torch.optim.SGD(trainable.parameters(), lr=0.05)
+    F.cross_entropy(trainable(x), y).backward()
+    latent = trainable.features[0][0].parametrizations.weight.original
+    assert latent.grad is not None and latent.grad.abs().sum() > 0  # straight through the rounding
+    before = trainable.features[0][0].weight.detach().clone()
+    opt.step()
+    after = trainable.features[0][0].weight.detach()
+    assert not torch.equal(before, after)
+    assert torch.equal(after, torch.round(after * 100) / 100)  # still 2 decimal places
+    assert torch.allclose(after, latent.detach(), atol=0.005)  # the rounded copy of the latent weight
