@@ -14,6 +14,7 @@ import pytest
         ("dse.search", "run (or resume) a multi-objective design-space exploration study"),
         ("dse.sensitivity", "the accuracy drop when only one layer (group) changes"),
         ("dse.training.train", "train a baseline classifier"),
+        ("dse.retrain", "win back the accuracy an approximation costs"),
     ],
 )
 def test_help_is_short_and_useful(module: str, says: str) -> None:

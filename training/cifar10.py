@@ -153,6 +153,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         subset_seed: seed of the stratified test subset and of the validation split.
         val_size: training images held out for validation (stratified; multiple of 10; 0 = none,
             then training uses all training images and runs no validation).
+        train_subset: train on this many of the remaining training images (stratified, seeded;
+            a multiple of 10), or None for all of them.
         augment: random crop (pad 4) and horizontal flip while training.
         num_workers: DataLoader workers.
     """
@@ -167,6 +169,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         test_subset: int | None = None,
         subset_seed: int = 0,
         val_size: int = 5000,
+        train_subset: int | None = None,
         augment: bool = True,
         num_workers: int = 0,
     ) -> None:
@@ -180,6 +183,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.test_subset = test_subset
         self.subset_seed = subset_seed
         self.val_size = val_size
+        self.train_subset = train_subset
         self.augment = augment
         self.num_workers = num_workers
         self.test_indices: np.ndarray | None = None
@@ -213,7 +217,10 @@ class CIFAR10DataModule(L.LightningDataModule):
                 self.val_indices = stratified_subset(arrays.y_train, self.val_size, self.subset_seed)
                 train[self.val_indices] = False
                 self._val = _to_dataset(arrays.x_train[self.val_indices], arrays.y_train[self.val_indices])
-            self._train = _to_dataset(arrays.x_train[train], arrays.y_train[train])
+            kept = np.flatnonzero(train)
+            if self.train_subset is not None:
+                kept = kept[stratified_subset(arrays.y_train[kept], self.train_subset, self.subset_seed + 1)]
+            self._train = _to_dataset(arrays.x_train[kept], arrays.y_train[kept])
         _logger.info("CIFAR-10 from %s (%s): %d test images", self.path, self.source, len(self._test))
 
     def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:

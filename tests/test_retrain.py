@@ -1,0 +1,156 @@
+"""The retraining command, for real: tiny CNN, shipped subset, a few hundred CIFAR-10 training images."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from dse.retrain import run_retrain
+from dse.search import run_search
+from dse.training.assets import resolve_asset
+from tests.conftest import CIFAR10_NPZ, FAST, compose_config, needs_cifar10
+
+pytestmark = [pytest.mark.slow, needs_cifar10]
+LAYERS = [
+    "features.0.0",
+    "features.1.0",
+    "features.2.0",
+    "features.3.0",
+    "features.4.0",
+    "features.5.0",
+    "features.6.0",
+    "classifier",
+]
+TRAIN = [
+    "data@retrain.data=cifar10_npz",
+    f"retrain.data.path={CIFAR10_NPZ}",
+    "retrain.data.train_subset=2000",
+    "retrain.epochs=2",
+    "data.test_subset=500",
+]
+
+
+def _assignment(tmp: Path, multiplier: str) -> Path:
+    path = tmp / f"{multiplier}.yaml"
+    path.write_text("".join(f"{layer}: {{multiplier: {multiplier}}}\n" for layer in LAYERS))
+    return path
+
+
+def test_retraining_wins_back_accuracy_lost_to_a_coarse_multiplier(workdir: Path) -> None:
+    """Mitch-w2 on every layer of the tiny CNN loses far more than 5 points on 500 held-out test
+    images; two short epochs of retraining with it in the forward pass win most of it back."""
+    exact = run_search(
+        compose_config(
+            [
+                "study=quickstart",
+                "study.n_trials=1",
+                "tracking=none",
+                "data.test_subset=500",
+                "evaluation.timing_repeats=1",
+            ]
+        )
+    )
+    exact_accuracy = exact.study.trials[0].values[0]
+    cfg = compose_config(
+        [
+            "study=quickstart",
+            f"assignment={_assignment(workdir, 'mitchell_w2_s8')}",
+            "retrain.lr=0.005",
+            "tracking=none",
+            *TRAIN,
+        ],
+        "retraining",
+    )
+    result = run_retrain(cfg)
+    assert result.accuracy_before < exact_accuracy - 0.05  # the approximation costs clearly
+    assert result.accuracy_after > result.accuracy_before + 0.25  # measured: 0.238 -> 0.674
+    assert result.weights.is_file()
+
+
+def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
+    search = [
+        "study=mobilenet_cifar10_multipliers",
+        "model=tiny_cnn_cifar10",
+        "study.name=tiny_multipliers",
+        "study.n_trials=2",
+        "space.multipliers=[mul8s_1KV9,mitchell_w4_s8]",
+        "evaluation.calibration_images=64",
+        *FAST,
+    ]
+    result = run_search(compose_config(search))
+    trial = result.study.trials[1]
+    retrain = [*search, "trial=1", *TRAIN, "retrain.epochs=1", "data.test_subset=200"]
+    first = run_retrain(compose_config(retrain, "retraining"))
+    assert first.accuracy_before == pytest.approx(trial.values[0])  # the trial's own model, as the search scored it
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    run = client.get_run(first.run_id)  # type: ignore[arg-type]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dse_role"] == "retrain" and run.data.tags["dse_study"] == "tiny_multipliers"
+    assert run.data.tags["dse_trial"] == "1" and run.data.tags["dse_trial_run_id"] == trial.user_attrs["mlflow_run_id"]
+    assert run.data.metrics["accuracy_after"] == pytest.approx(first.accuracy_after)
+    assert "train_loss" in run.data.metrics  # the learning curve
+    assert {a.path for a in client.list_artifacts(first.run_id)} >= {"retrained.pt", "assignment.json"}
+    # re-running resumes from the last checkpoint: nothing is trained again, the same weights come out
+    digest = hashlib.sha256(first.weights.read_bytes()).hexdigest()
+    again = run_retrain(compose_config(retrain, "retraining"))
+    assert again.accuracy_after == pytest.approx(first.accuracy_after)
+    assert hashlib.sha256(again.weights.read_bytes()).hexdigest() == digest
+
+
+def _cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dse.retrain", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_a_diverging_retraining_stops_clearly_and_changes_nothing(workdir: Path) -> None:
+    shipped = resolve_asset("tiny_cnn_cifar10")
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    run_search(compose_config(["study=quickstart", "study.n_trials=2", *FAST]))
+    proc = _cli(workdir, "study=quickstart", "trial=1", *TRAIN, "retrain.lr=1000", "retrain.epochs=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert "Retraining diverged" in proc.stderr + proc.stdout and "Lower retrain.lr" in proc.stderr + proc.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("dse").experiment_id], filter_string="tags.dse_role = 'retrain'"
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == digest  # the baseline is never written
+    assert (
+        len(
+            [
+                t
+                for t in run_search(compose_config(["study=quickstart", "study.n_trials=2", *FAST])).study.trials
+                if t.state.name == "COMPLETE"
+            ]
+        )
+        == 2
+    )  # the study is intact
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["study=quickstart", "trial=99"], "has no COMPLETE trial 99; its complete trials: [0, 1]"),
+        (["study=quickstart", "study.name=nothing_here", "trial=0"], "No study 'nothing_here'"),
+        (["study=quickstart"], "Give exactly one of trial=<number>"),
+        (["study=quickstart", "assignment=bad.yaml"], "names layers the model lacks: ['features.99.0']"),
+        (["study=quickstart", "assignment=missing.yaml"], "does not exist"),
+    ],
+)
+def test_bad_requests_fail_clearly(workdir: Path, args: list[str], message: str) -> None:
+    run_search(compose_config(["study=quickstart", "study.n_trials=2", "tracking=none", *FAST]))
+    (workdir / "bad.yaml").write_text("features.99.0: {decimals: 2}\n")
+    proc = _cli(workdir, *args, "tracking=none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert message in proc.stderr + proc.stdout
