@@ -7,7 +7,7 @@ reads it); :mod:`dse.transform` applies an assignment to a copy of a model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -17,7 +17,15 @@ from dse.multipliers import get_multiplier
 from dse.numerics.decimal_places import check_decimals
 from dse.numerics.formats import parse_format
 
-__all__ = ["TARGETABLE_TYPES", "Assignment", "LayerConfig", "TargetableLayer", "assignment_key", "targetable_layers"]
+__all__ = [
+    "TARGETABLE_TYPES",
+    "Assignment",
+    "LayerConfig",
+    "TargetableLayer",
+    "assignment_key",
+    "check_layer_names",
+    "targetable_layers",
+]
 
 # Layers whose weights (and, later, products) dse can change.
 TARGETABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -67,6 +75,17 @@ Assignment = Mapping[str, LayerConfig]
 
 
 TargetableLayer = nn.Conv2d | nn.Linear
+
+
+def check_layer_names(model: nn.Module, names: Iterable[str], what: str = "Assignment") -> None:
+    """Raise a SearchSpaceError naming the layers ``model`` lacks, and the ones it has."""
+    layers = targetable_layers(model)
+    unknown = sorted(set(names) - set(layers))
+    if unknown:
+        raise SearchSpaceError(
+            f"{what} names layers the model lacks: {unknown[:5]}. Conv2d/Linear layers of "
+            f"{type(model).__name__}: {list(layers)[:8]}... (all of them: dse.assignment.targetable_layers(model))."
+        )
 
 
 def targetable_layers(model: nn.Module) -> dict[str, TargetableLayer]:

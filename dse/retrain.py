@@ -24,11 +24,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from dse.assignment import Assignment, LayerConfig, assignment_key, targetable_layers
+from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
 from dse.candidate import candidate_evaluator
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
-from dse.exceptions import ConfigError, SearchSpaceError
+from dse.exceptions import ConfigError
 from dse.search_spaces import SearchSpace
 from dse.study.storage import describe_storage
 from dse.tracking.mlflow_tracker import MlflowTracker
@@ -86,13 +86,7 @@ def load_assignment(path: str | Path, model: torch.nn.Module) -> Assignment:
     raw = yaml.safe_load(file.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Assignment file {str(file)!r} must map layer names to knob settings.")
-    layers = targetable_layers(model)
-    unknown = sorted(set(raw) - set(layers))
-    if unknown:
-        raise SearchSpaceError(
-            f"Assignment file {str(file)!r} names layers the model lacks: {unknown[:5]}. Its Conv2d/Linear layers: "
-            f"{list(layers)[:8]}... (all of them: dse.assignment.targetable_layers(model))."
-        )
+    check_layer_names(model, raw, f"Assignment file {str(file)!r}")
     try:
         return {name: LayerConfig(**dict(fields or {})) for name, fields in raw.items()}
     except TypeError as exc:

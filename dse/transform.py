@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from dse.assignment import Assignment, targetable_layers
+from dse.assignment import Assignment, check_layer_names, targetable_layers
 from dse.emulation import EmulationPath, approximate_layer
 from dse.exceptions import SearchSpaceError
 from dse.numerics.decimal_places import round_to_decimals
@@ -94,13 +94,7 @@ def apply_assignment(
     every forward (:class:`RoundWeight`), so retraining keeps the weights on the assignment's
     grid; the forward's values are the same as without it.
     """
-    layers = targetable_layers(model)
-    unknown = sorted(set(assignment) - set(layers))
-    if unknown:
-        raise SearchSpaceError(
-            f"Assignment names layers the model lacks: {unknown[:5]}. Conv2d/Linear layers of "
-            f"{type(model).__name__}: {list(layers)[:8]}... (see dse.assignment.targetable_layers)."
-        )
+    check_layer_names(model, assignment)
     result = copy.deepcopy(model)
     new_layers = targetable_layers(result)
     roundings = {
