@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty directory, as a user would: mlruns/ lands here."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def run_module(workdir: Path, module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in ``workdir``, as a user would run it; output captured, never raises."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_module
 
 
 @pytest.mark.parametrize(
@@ -18,7 +19,7 @@ import pytest
     ],
 )
 def test_help_is_short_and_useful(module: str, says: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
+    proc = run_module(Path.cwd(), module, "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout
     assert says in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +12,7 @@ import pytest
 from dse.retrain import run_retrain
 from dse.search import run_search
 from dse.training.assets import resolve_asset
-from tests.conftest import CIFAR10_NPZ, FAST, compose_config, needs_cifar10
+from tests.conftest import CIFAR10_NPZ, FAST, compose_config, needs_cifar10, run_module
 
 pytestmark = [pytest.mark.slow, needs_cifar10]
 LAYERS = [
@@ -103,14 +102,7 @@ def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
 
 
 def _cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dse.retrain", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_module(workdir, "dse.retrain", *args)
 
 
 def test_a_diverging_retraining_stops_clearly_and_changes_nothing(workdir: Path) -> None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from dse.search import run_search
 from dse.study.objectives import parse_objectives
 from dse.study.storage import create_storage
-from tests.conftest import FAST, compose_config
+from tests.conftest import FAST, compose_config, run_module
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = ["accuracy", "energy_uj", "inference_time_s"]
@@ -218,14 +218,7 @@ def test_a_dead_running_trial_never_blocks_its_own_retry(workdir: Path) -> None:
 
 
 def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dse.search", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_module(workdir, "dse.search", *args, timeout=300)
 
 
 @pytest.mark.parametrize(
