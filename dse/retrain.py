@@ -11,17 +11,13 @@ The shipped (or configured) baseline weights are never written.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hydra
-import lightning as L
 import optuna
 import torch
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
@@ -29,25 +25,15 @@ from dse.candidate import candidate_evaluator
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
+from dse.retraining import RetrainResult, retrain_candidate
 from dse.search_spaces import SearchSpace
 from dse.study.storage import describe_storage
 from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.retraining import DivergenceGuard, RetrainingClassifier
-from dse.training.weights import build_trained_model, save_weights
-from dse.transform import apply_assignment
+from dse.training.weights import build_trained_model
 
 __all__ = ["RetrainResult", "load_assignment", "run_retrain"]
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    accuracy_before: float
-    accuracy_after: float
-    energy_uj: float
-    weights: Path
-    run_id: str | None
 
 
 def _trial_assignment(cfg: DictConfig, model: torch.nn.Module) -> tuple[Assignment, dict[str, str]]:
@@ -104,97 +90,10 @@ def run_retrain(cfg: DictConfig) -> RetrainResult:
     else:
         assignment = load_assignment(cfg.assignment, model)
         tags, label = {"dse_assignment": str(cfg.assignment)}, f"assignment-{Path(cfg.assignment).stem}"
-    r = cfg.retrain
-    L.seed_everything(int(r.seed), workers=True)
-    candidates = candidate_evaluator(cfg, model)
-    needs_ranges = any(c.multiplier or c.activation_format for c in assignment.values())
-    ranges = candidates.activation_ranges if needs_ranges else None
-    before = candidates.evaluate(assignment, timing=False).metrics
-    _logger.info(
-        "%s before retraining: top-1 %.4f on %d images", label, before["accuracy"], candidates.evaluator.n_images
-    )
-    net = apply_assignment(
-        model, assignment, ranges, path=cfg.emulation.path, per_channel=cfg.emulation.per_channel, trainable=True
-    )
-    module = RetrainingClassifier(
-        net,
-        teacher=model if r.distill > 0 else None,
-        distill=float(r.distill),
-        temperature=float(r.temperature),
-        lr=float(r.lr),
-        momentum=float(r.momentum),
-        weight_decay=float(r.weight_decay),
-        label_smoothing=float(r.label_smoothing),
-        warmup_pct=float(r.warmup_pct),
-    )
-    ckpt_dir = Path(r.ckpt_dir) / label
-    last = ckpt_dir / "last.ckpt"
     tracker: MlflowTracker | None = instantiate(cfg.tracking) if cfg.tracking else None
-    run_id = None
-    if tracker is not None:
-        run = tracker.client.create_run(
-            tracker.experiment_id, run_name=f"retrain-{label}", tags={"dse_role": "retrain", **tags}
-        )
-        run_id = run.info.run_id
-        tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
-        tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
-    trainer = L.Trainer(
-        max_epochs=int(r.epochs),
-        accelerator=r.accelerator,
-        devices=1,
-        precision=r.precision,
-        callbacks=[
-            ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1, save_on_train_epoch_end=True),
-            DivergenceGuard(float(r.lr)),
-            _CurveLogger(tracker, run_id),
-        ],
-        logger=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    datamodule = instantiate(cfg.retrain.data)
-    status = "FAILED"
-    try:
-        resume = str(last) if last.is_file() else None
-        _logger.info(
-            "Retraining %s for %d epoch(s); checkpoints in %s%s",
-            label,
-            r.epochs,
-            ckpt_dir,
-            f" (resuming {last})" if resume else "",
-        )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        after = candidates.evaluator.accuracy(module.net.eval())
-        weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
-        if tracker is not None and run_id is not None:
-            tracker.log_metrics(run_id, {"accuracy_after": after.acc_top1, "accuracy_top5_after": after.acc_top5})
-            tracker.client.log_artifact(run_id, str(weights))
-        status = "FINISHED"
-    finally:
-        if tracker is not None and run_id is not None:
-            tracker.client.set_terminated(run_id, status=status)
-    _logger.info(
-        "%s: top-1 %.4f -> %.4f (%s); weights %s",
-        label,
-        before["accuracy"],
-        after.acc_top1,
-        assignment_key(assignment)[:80],
-        weights,
-    )
-    return RetrainResult(before["accuracy"], after.acc_top1, before["energy_uj"], weights, run_id)
-
-
-class _CurveLogger(L.Callback):
-    """Training loss and accuracy per epoch to the retraining's MLflow run (its learning curves)."""
-
-    def __init__(self, tracker: MlflowTracker | None, run_id: str | None) -> None:
-        self.tracker, self.run_id = tracker, run_id
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.tracker is None or self.run_id is None:
-            return
-        metrics: dict[str, Any] = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-        self.tracker.log_metrics(self.run_id, metrics, step=trainer.current_epoch)
+    result = retrain_candidate(model, assignment, candidate_evaluator(cfg, model), cfg.retrain, label, tracker, tags)
+    _logger.info("%s (%s): weights %s", label, assignment_key(assignment)[:80], result.weights)
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="retraining")

@@ -8,7 +8,9 @@ what tests and other tools call. Each config group is instantiated as it names
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import optuna
@@ -23,11 +25,12 @@ from dse.search_spaces import SearchSpace, load_sensitivity, prune_space
 from dse.study.create import open_study
 from dse.study.final_evaluation import final_evaluation
 from dse.study.objectives import parse_objectives
+from dse.study.retraining import SearchRetraining, check_retrain_settings, retrained_front
 from dse.study.runner import StudyRunner, StudySettings, count_complete
 from dse.study.sampler import build_sampler
 from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.tracking.pareto import front_table
+from dse.tracking.pareto import front_table, plot_retrained_front_png
 from dse.training.weights import build_trained_model
 
 __all__ = ["SearchResult", "main", "run_search"]
@@ -59,6 +62,7 @@ def run_search(cfg: DictConfig) -> SearchResult:
     """Run the study described by ``cfg`` until its trial budget is complete."""
     settings = _settings(cfg)
     objectives = list(settings.objectives)
+    check_retrain_settings(cfg.retrain, objectives)
     model = build_trained_model(cfg.model)
     space: SearchSpace = instantiate(cfg.space)
     bound = space.bind(model, dict(cfg.model.layer_groups))
@@ -98,10 +102,23 @@ def run_search(cfg: DictConfig) -> SearchResult:
         if indices is not None:
             tracker.log_json(parent, "search_subset_indices.json", [int(i) for i in indices])
         _logger.info("MLflow: parent run %s in experiment %r at %s", parent, tracker.experiment, tracker.tracking_uri)
-    runner = StudyRunner(study, bound, candidates, settings, tracker, running_is_live=has_heartbeat(storage))
+    retraining = SearchRetraining(model, bound, candidates, cfg.retrain, tracker) if cfg.retrain.enabled else None
+    runner = StudyRunner(
+        study,
+        bound,
+        candidates,
+        settings,
+        tracker,
+        running_is_live=has_heartbeat(storage),
+        retraining=retraining if cfg.retrain.on == "each" else None,
+    )
     status = "FAILED"
     try:
         done = runner.run()
+        if retraining is not None:
+            if cfg.retrain.on == "front":
+                retraining.retrain_front(study)
+            _publish_retrained(study, tracker)
         final = None
         if cfg.final_eval.enabled:
             final = final_evaluation(
@@ -121,6 +138,20 @@ def run_search(cfg: DictConfig) -> SearchResult:
     front = front_table(study, objectives)
     _logger.info("Done: %d complete trials, %d on the Pareto front.", count_complete(study), len(front))
     return SearchResult(study, front, tracker.parent_run_id if tracker else None)
+
+
+def _publish_retrained(study: optuna.Study, tracker: MlflowTracker | None) -> None:
+    """The retrained trials before and after (CSV + plot with arrows) on the parent run, and in the log."""
+    table = retrained_front(study)
+    if table.empty:
+        return
+    _logger.info("Accuracy before and after retraining (search set):\n%s", table.to_string(index=False))
+    if tracker is None or tracker.parent_run_id is None:
+        return
+    tracker.log_table(tracker.parent_run_id, table, "pareto_front_retrained.csv", artifact_path="pareto")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_retrained_front_png(table, Path(tmp) / "pareto_front_retrained.png")
+        tracker.client.log_artifact(tracker.parent_run_id, str(path), artifact_path="pareto")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -16,12 +16,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dse.assignment import Assignment, check_layer_names, targetable_layers
-from dse.emulation import EmulationPath, approximate_layer
+from dse.emulation import EmulationPath, approximate_layer, calibrate_ranges
+from dse.emulation.layers import _Emulated
 from dse.exceptions import SearchSpaceError
 from dse.numerics.decimal_places import round_to_decimals
 from dse.numerics.formats import NumberFormat, parse_format
 
-__all__ = ["RoundInput", "RoundWeight", "apply_assignment"]
+__all__ = ["RoundInput", "RoundWeight", "apply_assignment", "recalibrate"]
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -133,3 +134,25 @@ def apply_assignment(
         for name, rounding in roundings.items():
             parametrize.register_parametrization(final_layers[name], "weight", rounding)
     return result
+
+
+def recalibrate(net: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Re-measure the activation range of every quantized input of a candidate (emulated layers and
+    activation formats) on its own forward over ``batches``, and set it; returns the new ranges.
+
+    Retraining keeps the calibrated ranges frozen; this is the alternative it is measured against.
+    """
+    quantized = {
+        name: m
+        for name, m in net.named_modules()
+        if isinstance(m, _Emulated) or any(isinstance(h, RoundInput) for h in m._forward_pre_hooks.values())
+    }
+    ranges = calibrate_ranges(net, batches, list(quantized))
+    for name, (lo, hi) in ranges.items():
+        module = quantized[name]
+        if isinstance(module, _Emulated):
+            module.set_activation_range(lo, hi)
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, RoundInput) and math.isfinite(hook.lo):
+                hook.lo, hook.hi = lo, hi
+    return ranges

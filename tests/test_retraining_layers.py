@@ -33,6 +33,7 @@ def test_gradients_are_those_of_the_exact_layer_at_the_quantized_operands(shape,
     lo, hi = float(x.min()) * 0.8, float(x.max()) * 0.8  # some activations fall outside: clipped
     approx.set_activation_range(lo, hi)
     x = x.clone().requires_grad_(True)
+    torch.manual_seed(0)
     grad_y = torch.randn_like(approx(x))
     approx(x).backward(grad_y)
     # the same gradients by autograd through the exact op at the dequantized operands
@@ -50,7 +51,8 @@ def test_gradients_are_those_of_the_exact_layer_at_the_quantized_operands(shape,
         ("bias", approx.bias.grad, b.grad),
     ]:
         assert got is not None and torch.isfinite(got).all() and got.abs().sum() > 0, name
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        # float32 sums in another order (threads): a bias gradient sums every output position
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 if name == "bias" else 1e-6, msg=name)
     assert not inside.all() and (x.grad[~inside] == 0).all()  # outside the frozen range: no gradient
 
 

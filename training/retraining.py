@@ -6,22 +6,32 @@ gradients (the exact operation's, at the quantized operands); decimal places and
 are re-applied to the weights at every step; weight scales follow the weights, activation
 ranges stay frozen at their calibration; batch norm statistics are updated. Optionally the
 exact baseline is a teacher (knowledge distillation on its logits).
+
+Layers whose bit-exact forward is slow to train with can train through a fitted error model
+instead (:mod:`dse.emulation.error_model`, refitted by :class:`ErrorModelRefit`); evaluation
+stays bit-exact either way.
+
+Why frozen activation ranges: the search scored the candidate with ranges calibrated on the
+exact model, and a deployed accelerator has fixed scales; keeping them makes the retrained
+model the same hardware configuration. Re-calibrating after retraining
+(``retrain.recalibrate=true``) is measured against it and reported beside it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dse.emulation import fit_error_models
 from dse.exceptions import DSEError
 from dse.training.classifier import ImageClassifier
 
-__all__ = ["DivergenceGuard", "RetrainingClassifier", "RetrainingDiverged"]
+__all__ = ["DivergenceGuard", "ErrorModelRefit", "RetrainingClassifier", "RetrainingDiverged"]
 
 
 class RetrainingDiverged(DSEError):
@@ -51,7 +61,7 @@ class RetrainingClassifier(ImageClassifier):
             raise ValueError(f"retrain.distill must be in [0, 1], got {distill}.")
         if distill > 0 and teacher is None:
             raise ValueError("retrain.distill > 0 needs a teacher (the exact model).")
-        super().__init__(net, **kwargs)
+        super().__init__(net.train(), **kwargs)  # Lightning keeps each module's mode: BN must train
         self.distill, self.temperature = distill, temperature
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None and distill > 0 else []
 
@@ -94,4 +104,25 @@ class DivergenceGuard(L.Callback):
             raise RetrainingDiverged(
                 f"Retraining diverged at step {trainer.global_step}: the loss is {float(loss)}. Lower retrain.lr "
                 f"(now {self.lr}); nothing of the study or of the baseline weights was changed."
+            )
+
+
+class ErrorModelRefit(L.Callback):
+    """Refit the error-model layers on the current training batch every ``every`` steps (and at
+    the first step of each epoch): the weights move, and so does each layer's error."""
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"retrain.error_model_refit_every must be >= 1, got {every}.")
+        self.every = every
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0 or trainer.global_step % self.every == 0:
+            net = getattr(pl_module, "net", pl_module)
+            x = batch[0]
+            channels_last = getattr(pl_module, "channels_last", False)
+            fit_error_models(
+                cast(nn.Module, net), x.contiguous(memory_format=torch.channels_last) if channels_last else x
             )

@@ -6,10 +6,12 @@
 - :mod:`._exact_sums`: integer sums kept exact in floating point;
 - :mod:`._tables`: weight-specific lookup tables (any table);
 - :mod:`.layers`: the drop-in ``ApproxConv2d`` / ``ApproxLinear``;
-- :mod:`.calibration`: activation ranges measured once.
+- :mod:`.calibration`: activation ranges measured once;
+- :mod:`.error_model`: a fitted error model, an optional fast training forward.
 """
 
 from .calibration import calibrate_ranges
+from .error_model import ErrorStats, fit_error_models, use_error_model
 from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer
 from .reference import lut_conv2d_reference, lut_linear_reference
 
@@ -17,8 +19,11 @@ __all__ = [
     "ApproxConv2d",
     "ApproxLinear",
     "EmulationPath",
+    "ErrorStats",
     "approximate_layer",
     "calibrate_ranges",
+    "fit_error_models",
     "lut_conv2d_reference",
     "lut_linear_reference",
+    "use_error_model",
 ]

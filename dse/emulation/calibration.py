@@ -14,7 +14,8 @@ __all__ = ["calibrate_ranges"]
 def calibrate_ranges(
     model: nn.Module, batches: Iterable[torch.Tensor], layers: Sequence[str]
 ) -> dict[str, tuple[float, float]]:
-    """Min and max of the input of each named layer over ``batches`` (exact forward, eval mode)."""
+    """Min and max of the input of each named layer over ``batches`` (eval mode; the exact model's
+    forward for the search, a retrained candidate's for :func:`dse.transform.recalibrate`)."""
     modules = dict(model.named_modules())
     ranges: dict[str, list[float]] = {}
 
@@ -27,7 +28,8 @@ def calibrate_ranges(
 
         return record
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in layers]
+    # prepend: see the input before any hook of the layer's own (e.g. an activation format) clips it
+    handles = [modules[n].register_forward_pre_hook(hook(n), prepend=True) for n in layers]
     was_training = model.training
     model.eval()
     try:

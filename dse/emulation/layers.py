@@ -42,6 +42,7 @@ from ._kernel import KernelTables, kernel_conv2d, load_kernel
 from ._mitchell_arith import MitchellProducts
 from ._separable import SeparableProducts
 from ._tables import TableProducts
+from .error_model import ErrorStats
 from .reference import lut_conv2d_reference, lut_linear_reference
 
 __all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer"]
@@ -129,6 +130,10 @@ class _Emulated(nn.Module):
             if module is not None:
                 self._kernel, self._kernel_tables = module, kernel_tables
         self.path = "kernel" if self._kernel is not None else torch_path
+        # Training forward: the bit-exact emulation, or the fitted error model (dse.emulation.error_model)
+        self.training_forward: Literal["bit_exact", "error_model"] = "bit_exact"
+        self.error_stats: ErrorStats | None = None
+        self._fitting = False  # fit_error_models: the next forward fits error_stats on its input
         self._cache: dict[str, Any] = {}  # derived from the weights / the activation range; rebuilt on change
         self._constants: dict[str, Any] = {}  # fixed for the layer's life (table, shape)
         self.register_buffer("act_range", torch.tensor([math.nan, math.nan]))
@@ -315,7 +320,8 @@ class _Emulated(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}"
+        forward = ", training_forward=error_model" if self.training_forward == "error_model" else ""
+        return f"{super().extra_repr()}, multiplier={self.multiplier.name}, path={self.path}{forward}"
 
     # -- forward and its gradient -------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -330,12 +336,50 @@ class _Emulated(nn.Module):
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
+            if self._fitting:
+                return self._fit_error_model(x)
             if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+                if self.training_forward == "error_model":
+                    return self._error_model_forward(x)
                 return _StraightThrough.apply(x, self.weight, self.bias, self)
             return self._emulate(x)
 
     def _emulate(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    _channel_dim = 1  # of the output: conv (N, C, H, W); ApproxLinear overrides
+
+    def _exact_sums(self, x_real: torch.Tensor, w_real: torch.Tensor) -> torch.Tensor:
+        """The exact layer without bias, on real-valued operands (autograd-friendly)."""
+        raise NotImplementedError
+
+    def _fit_error_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The bit-exact output; on the way, fit ``error_stats`` to its sums' error on this input."""
+        with torch.no_grad():
+            y = self._emulate(x)
+            x_real, w_real, _ = self.dequantized(x)
+            exact = self._exact_sums(x_real, w_real)
+            approx = y - self._bias_like(y) if self.bias is not None else y
+            self.error_stats = ErrorStats.fit(exact, approx, self._channel_dim)
+        return y
+
+    def _error_model_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training forward of the error model: exact sums at the quantized operands (straight-through
+        gradients, clipped outside the activation range, as the bit-exact path) plus the fitted error."""
+        if self.error_stats is None:
+            raise RuntimeError(
+                f"Layer {self.layer_name!r} trains through the error model but it was never fitted; "
+                "call dse.emulation.fit_error_models(net, batch) first."
+            )
+        x_real, w_real, inside = self.dequantized(x)
+        x_ste = x_real + (x - x.detach()) * inside
+        w_ste = w_real + (self.weight - self.weight.detach())
+        y = self.error_stats.apply(self._exact_sums(x_ste, w_ste), self._channel_dim)
+        return y + self._bias_like(y) if self.bias is not None else y
+
+    def _bias_like(self, y: torch.Tensor) -> torch.Tensor:
+        assert self.bias is not None
+        return self.bias.view([-1 if d == self._channel_dim % y.dim() else 1 for d in range(y.dim())])
 
     def _exact_grads(
         self, x: torch.Tensor, grad_y: torch.Tensor, needs: tuple[bool, bool, bool]
@@ -424,6 +468,10 @@ class ApproxConv2d(_Emulated, nn.Conv2d):
         if needs[2]:
             grad_b = grad_y.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b
+
+    def _exact_sums(self, x_real: torch.Tensor, w_real: torch.Tensor) -> torch.Tensor:
+        stride, padding, dilation = self._geometry()
+        return F.conv2d(x_real, w_real, None, stride, padding, dilation, self.groups)
 
     def _geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """Stride, numeric padding (checked in ``__init__``) and dilation as int pairs."""
@@ -554,6 +602,11 @@ class ApproxLinear(_Emulated, nn.Linear):  # type: ignore[misc]  # torch types L
         grad_w = gy.t() @ x_real.reshape(-1, x.shape[-1]) if needs[1] else None
         grad_b = gy.sum(dim=0) if needs[2] else None
         return grad_x, grad_w, grad_b
+
+    _channel_dim = -1
+
+    def _exact_sums(self, x_real: torch.Tensor, w_real: torch.Tensor) -> torch.Tensor:
+        return F.linear(x_real, w_real)
 
     def _emulate(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero = self._activation_qparams()

@@ -14,6 +14,7 @@ __all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "Objective", "parse_objecti
 TRIAL_METRICS: Mapping[str, str] = {
     "accuracy": "top-1 accuracy on the search set, fraction",
     "accuracy_top5": "top-5 accuracy on the search set, fraction",
+    "accuracy_retrained": "top-1 accuracy on the search set after approximate retraining (retrain.on=each)",
     "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy)",
     "inference_time_s": "measured wall-clock seconds of one pass over the search set (median)",
     "ms_per_image": "measured wall-clock milliseconds per image (median pass / images)",

@@ -32,6 +32,7 @@ from dse.candidate import CandidateEvaluator
 from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import MEASURED_TIME_METRICS, Objective
+from dse.study.retraining import RETRAINED, SearchRetraining
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import hypervolume, normalized_points
 
@@ -102,9 +103,12 @@ class StudyRunner:
         settings: StudySettings,
         tracker: MlflowTracker | None = None,
         running_is_live: bool = True,
+        retraining: SearchRetraining | None = None,
     ) -> None:
         """``running_is_live``: the storage fails dead workers' trials (a heartbeat), so a
-        RUNNING trial is really being evaluated; without one it proves nothing."""
+        RUNNING trial is really being evaluated; without one it proves nothing.
+        ``retraining``: retrain each trial as it completes (``retrain.on=each``)."""
+        self.retraining = retraining
         self.study = study
         self.running_is_live = running_is_live
         self.space = space
@@ -187,8 +191,14 @@ class StudyRunner:
         try:
             result = self.candidates.evaluate(assignment, timing=self.settings.timing)
             metrics = result.metrics
+            retraining = self.retraining if key != BASELINE_KEY else None  # the exact model: nothing to retrain
+            if retraining is not None and retraining.wants(metrics, self.baseline_accuracy()):
+                metrics[RETRAINED] = retraining.retrain_trial(trial, params, metrics)
+            # the accuracy the objectives judge: after retraining if that is an objective (else before);
+            # a trial not retrained (the exact model, or beyond retrain.max_drop_before) keeps its own
+            judged = metrics.get(RETRAINED, metrics["accuracy"]) if self._judges_retrained else metrics["accuracy"]
             if self.settings.max_accuracy_drop is not None:
-                drop = self.baseline_accuracy() - metrics["accuracy"]
+                drop = self.baseline_accuracy() - judged
                 metrics["accuracy_drop"] = drop
                 trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
             for name, value in metrics.items():
@@ -200,7 +210,11 @@ class StudyRunner:
         if self.tracker is not None and run_id is not None:
             finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
             self.tracker.end_trial(run_id, finite, tables={"layers.csv": result.layers})
-        return [metrics[o.name] for o in self.settings.objectives]
+        return [judged if o.name == RETRAINED else metrics[o.name] for o in self.settings.objectives]
+
+    @property
+    def _judges_retrained(self) -> bool:
+        return any(o.name == RETRAINED for o in self.settings.objectives)
 
     # -- after each trial -------------------------------------------------------------
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

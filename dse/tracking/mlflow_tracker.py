@@ -126,7 +126,7 @@ class MlflowTracker:
                 run_id = winner
                 _logger.info("Joined MLflow parent run %s created by another worker", run_id)
             else:
-                self._log_params(run_id, params)
+                self.log_params(run_id, params)
                 _logger.info("Created MLflow parent run %s", run_id)
         study.set_user_attr(_PARENT_ATTR, run_id)
         self.parent_run_id = run_id
@@ -146,7 +146,7 @@ class MlflowTracker:
         if self.parent_run_id is not None:
             self.client.set_terminated(self.parent_run_id, status=status)
 
-    def _log_params(self, run_id: str, params: Mapping[str, object]) -> None:
+    def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
         items = [Param(str(k)[:250], str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
         for chunk in _chunks(items):
             self.client.log_batch(run_id, params=chunk)
@@ -161,7 +161,7 @@ class MlflowTracker:
             run_name=f"trial-{trial.number:04d}",
             tags={"mlflow.parentRunId": self.parent_run_id, "dse_role": "trial", "dse_trial": str(trial.number)},
         )
-        self._log_params(run.info.run_id, params)
+        self.log_params(run.info.run_id, params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         return run.info.run_id
 
@@ -226,7 +226,7 @@ class MlflowTracker:
     ) -> str:
         """One finished run outside any study (e.g. a sensitivity table): params and files; returns its id."""
         run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
-        self._log_params(run.info.run_id, params)
+        self.log_params(run.info.run_id, params)
         for path in artifacts:
             self.client.log_artifact(run.info.run_id, str(path), artifact_path=artifact_path)
         self.client.set_terminated(run.info.run_id)

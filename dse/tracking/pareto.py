@@ -15,7 +15,15 @@ if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotati
     from dse.study.objectives import Objective
 
 
-__all__ = ["front_table", "hypervolume", "normalized_points", "plot_front_html", "plot_front_png", "trials_table"]
+__all__ = [
+    "front_table",
+    "hypervolume",
+    "normalized_points",
+    "plot_front_html",
+    "plot_front_png",
+    "plot_retrained_front_png",
+    "trials_table",
+]
 
 
 def _row(trial: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, object]:
@@ -100,6 +108,38 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_retrained_front_png(table: pd.DataFrame, path: Path) -> Path:
+    """Accuracy (%) vs energy (uJ) of retrained trials: an arrow from before to after retraining
+    for each, and the non-dominated staircase before (grey) and after (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for col, colour, label in (("accuracy", "0.55", "before retraining"), ("accuracy_retrained", "tab:red", "after")):
+        ax.scatter(table["energy_uj"], 100 * table[col], s=18, c=colour, label=label, zorder=3)
+        best = table.sort_values(["energy_uj", col], ascending=[True, False])
+        stairs = best[best[col] >= best[col].cummax()]  # non-dominated in (energy, this accuracy)
+        ax.step(stairs["energy_uj"], 100 * stairs[col], where="post", c=colour, lw=1, alpha=0.8)
+    for _, r in table.iterrows():
+        ax.annotate(
+            "",
+            xy=(r["energy_uj"], 100 * r["accuracy_retrained"]),
+            xytext=(r["energy_uj"], 100 * r["accuracy"]),
+            arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 0.8},
+        )
+    ax.set_xlabel("estimated energy per inference (uJ)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{len(table)} trials before and after approximate retraining")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,116 @@
+"""A fast training forward for emulated layers: the exact quantized layer plus the multiplier's error, modeled.
+
+The bit-exact forward of some multipliers is slow to train with (Mitchell's arithmetic and
+unsigned high-rank tables off the compiled kernel, any table on a device without it). For
+them retraining can use an error model instead, as TorchApprox and agn-approx do, but fitted
+to the layer rather than assumed: per output channel ``c``,
+
+    y_c = (1 + gain_c) * acc_c + offset_c + std_c * N(0, 1) + bias_c
+
+where ``acc`` is the exact product sum at the same quantized operands (one float conv) and
+``gain``, ``offset``, ``std`` are the least-squares fit of the emulated sums' error
+``approx - acc`` against ``acc`` on a real batch of the layer's own inputs, plus the
+residual's standard deviation. The gain carries a multiplier's relative bias (Mitchell
+always underestimates, by about 4% of each product), the offset a constant one (a table
+that is off by a fixed amount), the noise the rest. Weights drift while training, so
+:func:`fit_error_models` is re-run every few steps (``training.retraining.ErrorModelRefit``).
+
+Only the training forward changes: evaluation (no autograd) is always the bit-exact
+emulation, so every accuracy dse reports stays exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .layers import _Emulated
+
+__all__ = ["ErrorStats", "error_model_layers", "fit_error_models", "use_error_model"]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Per-output-channel error of an emulated layer's sums: ``approx - exact ~ gain * exact + offset + std * N``."""
+
+    gain: torch.Tensor
+    offset: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, exact: torch.Tensor, approx: torch.Tensor, channel_dim: int) -> ErrorStats:
+        """Least squares per channel over every other dimension (batch, positions)."""
+        e = exact.detach().movedim(channel_dim, 0).reshape(exact.shape[channel_dim], -1).double()
+        r = approx.detach().movedim(channel_dim, 0).reshape(e.shape).double() - e
+        e_mean, r_mean = e.mean(dim=1), r.mean(dim=1)
+        e_c, r_c = e - e_mean[:, None], r - r_mean[:, None]
+        var = (e_c * e_c).mean(dim=1)
+        gain = torch.where(var > 0, (e_c * r_c).mean(dim=1) / var.clamp_min(1e-300), torch.zeros_like(var))
+        offset = r_mean - gain * e_mean
+        residual = r - gain[:, None] * e - offset[:, None]
+        return cls(gain.float(), offset.float(), residual.std(dim=1, correction=0).float())
+
+    def apply(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """The modeled approximate sums for exact sums ``acc`` (differentiable in ``acc``)."""
+        view = [1] * acc.dim()
+        view[channel_dim] = -1
+        gain, offset, std = (t.to(acc.device).view(view) for t in (self.gain, self.offset, self.std))
+        return acc * (1 + gain) + offset + std * torch.randn_like(acc)
+
+
+def error_model_layers(net: nn.Module) -> dict[str, _Emulated]:
+    """The emulated layers of ``net`` that train through the error model."""
+    from .layers import _Emulated  # the layers import this module
+
+    return {
+        name: m for name, m in net.named_modules() if isinstance(m, _Emulated) and m.training_forward == "error_model"
+    }
+
+
+def use_error_model(net: nn.Module, which: str) -> list[str]:
+    """Choose each emulated layer's training forward; returns the layers on the error model.
+
+    ``which``: ``bit_exact`` (none), ``error_model`` (all), or ``auto`` (those whose
+    bit-exact forward is slow to train with: off the compiled kernel and not a cheap
+    separable/fused table, i.e. on the ``arithmetic``, ``table`` or ``reference`` path).
+    """
+    from .layers import _Emulated
+
+    if which not in ("bit_exact", "error_model", "auto"):
+        raise ValueError(f"training forward must be bit_exact, error_model or auto, got {which!r}.")
+    chosen = []
+    for name, m in net.named_modules():
+        if not isinstance(m, _Emulated):
+            continue
+        slow = m.path in ("arithmetic", "table", "reference")
+        m.training_forward = "error_model" if which == "error_model" or (which == "auto" and slow) else "bit_exact"
+        if m.training_forward == "error_model":
+            chosen.append(name)
+    return chosen
+
+
+@torch.no_grad()
+def fit_error_models(net: nn.Module, x: torch.Tensor) -> int:
+    """Fit every error-model layer of ``net`` on one batch, in eval mode (the bit-exact forward
+    runs, so each layer sees the inputs the approximate network really gives it). Returns how many."""
+    layers = error_model_layers(net)
+    if not layers:
+        return 0
+    was_training = net.training
+    for m in layers.values():
+        m._fitting = True
+    net.eval()
+    try:
+        net(x)
+    finally:
+        net.train(was_training)
+        for m in layers.values():
+            m._fitting = False
+    missing = [n for n, m in layers.items() if m.error_stats is None]
+    if missing:
+        raise RuntimeError(f"Error model not fitted for {missing}: they were not reached by the forward pass.")
+    return len(layers)

@@ -1,0 +1,238 @@
+"""Retraining one candidate (an assignment of the trained model) with its approximation in the forward pass.
+
+What ``python -m dse.retrain`` and the search's ``retrain.enabled`` share: build the trainable
+candidate (``apply_assignment(trainable=True)``), choose each emulated layer's training forward
+(bit-exact, or the fitted error model of :mod:`dse.emulation.error_model`), fine-tune it with
+Lightning (checkpoints make a re-run resume), evaluate it bit-exactly on the candidate
+evaluator's set, and log all of it to an MLflow run of its own. The exact model is never
+modified: the candidate is a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from dse.assignment import Assignment
+from dse.candidate import CandidateEvaluator
+from dse.emulation import use_error_model
+from dse.exceptions import ConfigError
+from dse.tracking.mlflow_tracker import MlflowTracker
+from dse.training.retraining import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
+from dse.training.weights import save_weights
+from dse.transform import apply_assignment, recalibrate
+
+__all__ = ["RetrainResult", "retrain_candidate"]
+
+_logger = logging.getLogger(__name__)
+_SEARCH_ONLY = ("enabled", "on", "max_drop_before", "ckpt_dir")
+_RESULT = "result.json"  # written last: its presence means "finished", with the settings it finished with
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """Before/after accuracy (bit-exact, on the candidate evaluator's images) and how it was reached."""
+
+    accuracy_before: float
+    accuracy_after: float
+    accuracy_top5_after: float
+    energy_uj: float
+    training_forward: str  # bit_exact | error_model | mixed: how the emulated layers trained
+    error_model_layers: int
+    epochs: int
+    wall_time_s: float
+    weights: Path
+    run_id: str | None
+    accuracy_recalibrated: float | None = None  # after re-measuring activation ranges (retrain.recalibrate)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (study user attributes, ``result.json``)."""
+        return {**asdict(self), "weights": str(self.weights)}
+
+
+def retrain_candidate(
+    model: torch.nn.Module,
+    assignment: Assignment,
+    candidates: CandidateEvaluator,
+    retrain: DictConfig,
+    label: str,
+    tracker: MlflowTracker | None = None,
+    tags: dict[str, str] | None = None,
+    before: dict[str, float] | None = None,
+) -> RetrainResult:
+    """Fine-tune ``assignment`` applied to ``model`` as ``retrain`` (the ``conf/retrain`` group) says.
+
+    ``before``: the candidate's metrics if already measured (a search trial's), else evaluated here.
+    Checkpoints go to ``retrain.ckpt_dir/label``; a re-run with the same label resumes from ``last.ckpt``,
+    or, if that retraining finished with the same settings, returns its stored result at once.
+    A diverging run raises :class:`dse.training.retraining.RetrainingDiverged` and is FAILED in MLflow.
+    """
+    r = retrain
+    ckpt_dir = Path(r.ckpt_dir) / label
+    # what decides the result (not where it is kept, nor when the search asks for it)
+    container = OmegaConf.to_container(r, resolve=True)
+    assert isinstance(container, dict)
+    settings = {str(k): v for k, v in container.items() if k not in _SEARCH_ONLY}
+    finished = _finished(ckpt_dir, settings)
+    if finished is not None:
+        _logger.info(
+            "%s was retrained already (%s): %.4f -> %.4f",
+            label,
+            ckpt_dir,
+            finished.accuracy_before,
+            finished.accuracy_after,
+        )
+        return finished
+    start = time.perf_counter()
+    L.seed_everything(int(r.seed), workers=True)
+    needs_ranges = any(c.multiplier or c.activation_format for c in assignment.values())
+    ranges = candidates.activation_ranges if needs_ranges else None
+    if before is None:
+        before = candidates.evaluate(assignment, timing=False).metrics
+    _logger.info(
+        "%s before retraining: top-1 %.4f on %d images", label, before["accuracy"], candidates.evaluator.n_images
+    )
+    net = apply_assignment(
+        model, assignment, ranges, path=candidates.emulation_path, per_channel=candidates.per_channel, trainable=True
+    )
+    modeled = use_error_model(net, str(r.forward))
+    n_emulated = sum(1 for c in assignment.values() if c.multiplier)
+    forward = "bit_exact" if not modeled else ("error_model" if len(modeled) == n_emulated else "mixed")
+    module = RetrainingClassifier(
+        net,
+        teacher=model if r.distill > 0 else None,
+        distill=float(r.distill),
+        temperature=float(r.temperature),
+        lr=float(r.lr),
+        momentum=float(r.momentum),
+        weight_decay=float(r.weight_decay),
+        label_smoothing=float(r.label_smoothing),
+        warmup_pct=float(r.warmup_pct),
+    )
+    last = ckpt_dir / "last.ckpt"
+    run_id = None
+    if tracker is not None:
+        run = tracker.client.create_run(
+            tracker.experiment_id,
+            run_name=f"retrain-{label}",
+            tags={"dse_role": "retrain", "dse_training_forward": forward, **(tags or {})},
+        )
+        run_id = run.info.run_id
+        tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
+        tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
+        params: dict[str, object] = {"retrain." + str(k): v for k, v in r.items() if k != "data"}
+        params["training_forward"] = forward
+        params["error_model_layers"] = len(modeled)
+        tracker.log_params(run_id, params)
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1, save_on_train_epoch_end=True),
+        DivergenceGuard(float(r.lr)),
+        _CurveLogger(tracker, run_id),
+    ]
+    if modeled:
+        callbacks.append(ErrorModelRefit(int(r.error_model_refit_every)))
+    trainer = L.Trainer(
+        max_epochs=int(r.epochs),
+        accelerator=r.accelerator,
+        devices=1,
+        precision=r.precision,
+        callbacks=callbacks,
+        logger=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    status = "FAILED"
+    try:
+        resume = str(last) if last.is_file() else None
+        _logger.info(
+            "Retraining %s for %d epoch(s), training forward %s; checkpoints in %s%s",
+            label,
+            r.epochs,
+            forward,
+            ckpt_dir,
+            f" (resuming {last})" if resume else "",
+        )
+        trainer.fit(module, datamodule=instantiate(r.data), ckpt_path=resume)
+        after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
+        weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
+        recalibrated = None
+        if r.recalibrate and needs_ranges:
+            recalibrate(module.net, candidates.evaluator.calibration_batches())
+            recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
+        result = RetrainResult(
+            accuracy_before=before["accuracy"],
+            accuracy_after=after.acc_top1,
+            accuracy_top5_after=after.acc_top5,
+            energy_uj=before["energy_uj"],
+            training_forward=forward,
+            error_model_layers=len(modeled),
+            epochs=int(r.epochs),
+            wall_time_s=time.perf_counter() - start,
+            weights=weights,
+            run_id=run_id,
+            accuracy_recalibrated=recalibrated,
+        )
+        if tracker is not None and run_id is not None:
+            metrics = {
+                "accuracy_after": after.acc_top1,
+                "accuracy_top5_after": after.acc_top5,
+                "retrain_wall_time_s": result.wall_time_s,
+            }
+            if recalibrated is not None:
+                metrics["accuracy_recalibrated"] = recalibrated
+            tracker.log_metrics(run_id, metrics)
+            tracker.client.log_artifact(run_id, str(weights))
+        (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
+        status = "FINISHED"
+    finally:
+        if tracker is not None and run_id is not None:
+            tracker.client.set_terminated(run_id, status=status)
+    _logger.info(
+        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)",
+        label,
+        result.accuracy_before,
+        result.accuracy_after,
+        result.wall_time_s,
+        forward,
+    )
+    return result
+
+
+def _finished(ckpt_dir: Path, settings: dict[str, Any]) -> RetrainResult | None:
+    """The result of a retraining that finished in ``ckpt_dir`` with the same settings, if any."""
+    path = ckpt_dir / _RESULT
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored["settings"] != settings:
+        changed = sorted(
+            k for k in settings.keys() | stored["settings"].keys() if settings.get(k) != stored["settings"].get(k)
+        )
+        raise ConfigError(
+            f"{ckpt_dir} holds a finished retraining of this candidate with other settings ({', '.join(changed)}). "
+            "Delete that folder to retrain anew, or give another retrain.ckpt_dir."
+        )
+    return RetrainResult(**{**stored["result"], "weights": Path(stored["result"]["weights"])})
+
+
+class _CurveLogger(L.Callback):
+    """Training loss and accuracy per epoch to the retraining's MLflow run (its learning curves)."""
+
+    def __init__(self, tracker: MlflowTracker | None, run_id: str | None) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tracker is None or self.run_id is None:
+            return
+        metrics: dict[str, Any] = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+        self.tracker.log_metrics(self.run_id, metrics, step=trainer.current_epoch)
