@@ -122,11 +122,17 @@ def retrain_candidate(
     last = ckpt_dir / "last.ckpt"
     run_id = None
     if tracker is not None:
-        run = tracker.client.create_run(
-            tracker.experiment_id,
-            run_name=f"retrain-{label}",
-            tags={"dse_role": "retrain", "dse_training_forward": forward, **(tags or {})},
+        tags = {"dse_role": "retrain", "dse_retrain_label": label, "dse_training_forward": forward, **(tags or {})}
+        # a run of this label still RUNNING was killed (one retraining per checkpoint folder at a time)
+        dead = tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"tags.dse_retrain_label = '{label}' and attributes.status = 'RUNNING'",
         )
+        for old in dead:
+            tracker.client.set_terminated(old.info.run_id, status="KILLED")
+        if dead:
+            tags["dse_resumes_run"] = dead[0].info.run_id
+        run = tracker.client.create_run(tracker.experiment_id, run_name=f"retrain-{label}", tags=tags)
         run_id = run.info.run_id
         tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
         tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
@@ -198,12 +204,13 @@ def retrain_candidate(
         if tracker is not None and run_id is not None:
             tracker.client.set_terminated(run_id, status=status)
     _logger.info(
-        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)",
+        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)%s",
         label,
         result.accuracy_before,
         result.accuracy_after,
         result.wall_time_s,
         forward,
+        f"; with activation ranges re-calibrated after: {recalibrated:.4f}" if recalibrated is not None else "",
     )
     return result
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from dse.retrain import run_retrain
 from dse.search import run_search
@@ -40,9 +44,11 @@ def _assignment(tmp: Path, multiplier: str) -> Path:
     return path
 
 
-def test_retraining_wins_back_accuracy_lost_to_a_coarse_multiplier(workdir: Path) -> None:
+@pytest.mark.parametrize("forward", ["bit_exact", "error_model"])
+def test_retraining_wins_back_accuracy_lost_to_a_coarse_multiplier(workdir: Path, forward: str) -> None:
     """Mitch-w2 on every layer of the tiny CNN loses far more than 5 points on 500 held-out test
-    images; two short epochs of retraining with it in the forward pass win most of it back."""
+    images; two short epochs of retraining with it in the forward pass win most of it back, whether
+    training runs the bit-exact forward or the fitted error model (evaluation is bit-exact in both)."""
     exact = run_search(
         compose_config(
             [
@@ -60,14 +66,18 @@ def test_retraining_wins_back_accuracy_lost_to_a_coarse_multiplier(workdir: Path
             "study=quickstart",
             f"assignment={_assignment(workdir, 'mitchell_w2_s8')}",
             "retrain.lr=0.005",
+            f"retrain.forward={forward}",
+            "retrain.recalibrate=true",
             "tracking=none",
             *TRAIN,
         ],
         "retraining",
     )
     result = run_retrain(cfg)
+    assert result.training_forward == forward
     assert result.accuracy_before < exact_accuracy - 0.05  # the approximation costs clearly
-    assert result.accuracy_after > result.accuracy_before + 0.25  # measured: 0.238 -> 0.674
+    assert result.accuracy_after > result.accuracy_before + 0.25  # measured: 0.238 -> 0.674 (bit-exact)
+    assert result.accuracy_recalibrated is not None and 0.1 < result.accuracy_recalibrated <= 1
     assert result.weights.is_file()
 
 
@@ -94,6 +104,13 @@ def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
     assert run.data.metrics["accuracy_after"] == pytest.approx(first.accuracy_after)
     assert "train_loss" in run.data.metrics  # the learning curve
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"retrained.pt", "assignment.json"}
+    # which forward trained: the compiled kernel is fast, so auto keeps the bit-exact one on CPU
+    assert run.data.tags["dse_training_forward"] == first.training_forward == "bit_exact"
+    assert run.data.params["training_forward"] == "bit_exact" and run.data.params["retrain.forward"] == "auto"
+    # batch norm trained: its running statistics moved away from the baseline's
+    retrained = torch.load(first.weights, weights_only=True)
+    baseline = torch.load(resolve_asset("tiny_cnn_cifar10"), weights_only=True)
+    assert not torch.equal(retrained["features.2.1.running_mean"], baseline["features.2.1.running_mean"])
     # re-running resumes from the last checkpoint: nothing is trained again, the same weights come out
     digest = hashlib.sha256(first.weights.read_bytes()).hexdigest()
     again = run_retrain(compose_config(retrain, "retraining"))
@@ -146,3 +163,43 @@ def test_bad_requests_fail_clearly(workdir: Path, args: list[str], message: str)
     proc = _cli(workdir, *args, "tracking=none")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert message in proc.stderr + proc.stdout
+
+
+def test_a_killed_retraining_resumes_from_its_checkpoint(workdir: Path) -> None:
+    """SIGKILL after the first epoch's checkpoint; the re-run resumes there (no epoch is trained twice),
+    the dead run is marked KILLED and the new one says which run it resumes."""
+    assignment = _assignment(workdir, "mul8s_1KV9")
+    args = [
+        "study=quickstart",
+        f"assignment={assignment}",
+        *TRAIN,
+        "retrain.epochs=4",
+        "retrain.data.train_subset=500",
+        "retrain.data.val_size=100",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dse.retrain", *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = workdir / "checkpoints/retrain/assignment-mul8s_1KV9/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint's write finish (Lightning writes it atomically)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.is_file(), "no checkpoint was written before the kill"
+    epochs_done = torch.load(last, weights_only=False)["epoch"] + 1
+    assert epochs_done < 4
+    again = _cli(workdir, *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(resuming " in again.stderr + again.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("dse").experiment_id], filter_string="tags.dse_role = 'retrain'"
+    )
+    by_status = {r.info.status: r for r in runs}
+    assert len(runs) == 2 and set(by_status) == {"KILLED", "FINISHED"}
+    assert by_status["FINISHED"].data.tags["dse_resumes_run"] == by_status["KILLED"].info.run_id
+    # the resumed run logged only the epochs the dead one had not finished
+    curve = client.get_metric_history(by_status["FINISHED"].info.run_id, "train_loss")
+    assert sorted(m.step for m in curve) == list(range(epochs_done, 4))

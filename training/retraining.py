@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dse.emulation import fit_error_models
+from dse.emulation import fit_error_models, training_memory_format
 from dse.exceptions import DSEError
 from dse.training.classifier import ImageClassifier
 
@@ -61,6 +61,7 @@ class RetrainingClassifier(ImageClassifier):
             raise ValueError(f"retrain.distill must be in [0, 1], got {distill}.")
         if distill > 0 and teacher is None:
             raise ValueError("retrain.distill > 0 needs a teacher (the exact model).")
+        kwargs.setdefault("channels_last", training_memory_format(net) == torch.channels_last)
         super().__init__(net.train(), **kwargs)  # Lightning keeps each module's mode: BN must train
         self.distill, self.temperature = distill, temperature
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None and distill > 0 else []

@@ -12,7 +12,7 @@
 
 from .calibration import calibrate_ranges
 from .error_model import ErrorStats, fit_error_models, use_error_model
-from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer
+from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer, training_memory_format
 from .reference import lut_conv2d_reference, lut_linear_reference
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "fit_error_models",
     "lut_conv2d_reference",
     "lut_linear_reference",
+    "training_memory_format",
     "use_error_model",
 ]

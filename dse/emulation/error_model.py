@@ -22,7 +22,7 @@ emulation, so every accuracy dse reports stays exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .layers import _Emulated
 
-__all__ = ["ErrorStats", "error_model_layers", "fit_error_models", "use_error_model"]
+__all__ = ["ErrorStats", "NoisePool", "error_model_layers", "fake_quantize", "fit_error_models", "use_error_model"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,66 @@ class ErrorStats:
         residual = r - gain[:, None] * e - offset[:, None]
         return cls(gain.float(), offset.float(), residual.std(dim=1, correction=0).float())
 
-    def apply(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        """The modeled approximate sums for exact sums ``acc`` (differentiable in ``acc``)."""
+    def apply(
+        self, acc: torch.Tensor, channel_dim: int, noise: NoisePool, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The modeled approximate sums (plus ``bias``) for exact sums ``acc``; differentiable in both."""
         view = [1] * acc.dim()
         view[channel_dim] = -1
         gain, offset, std = (t.to(acc.device).view(view) for t in (self.gain, self.offset, self.std))
-        return acc * (1 + gain) + offset + std * torch.randn_like(acc)
+        shift = offset if bias is None else offset + bias.view(view)
+        return torch.addcmul(torch.addcmul(shift, acc, 1 + gain), noise.like(acc), std)  # two passes
+
+
+class NoisePool:
+    """Standard normal noise for the error model, drawn once per refit and read at a random offset.
+
+    Drawing fresh Gaussian noise for every activation of every layer at every step costs more
+    than the layer's convolution on a CPU. A window of a pool of i.i.d. normals is i.i.d. too:
+    each step reads the pool at a fresh random offset, so within a step every element's noise
+    is independent, and across steps the network would have to learn the pool's alignment to
+    exploit the reuse. ``refresh`` (at each refit) draws a new pool.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self._pool: torch.Tensor | None = None
+        self._generator = generator
+
+    def refresh(self) -> None:
+        self._pool = None  # redrawn, at the size needed, on the next use
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise of ``t``'s shape, strides and device (a view of the pool)."""
+        n = t.numel()
+        if self._pool is None or self._pool.device != t.device or self._pool.numel() < 2 * n:
+            size = max(2 * n, self._pool.numel() if self._pool is not None else 0)
+            self._pool = torch.randn(size, device=t.device, dtype=torch.float32)
+        start = int(torch.randint(0, self._pool.numel() - n + 1, (1,), generator=self._generator))
+        if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+            return self._pool.as_strided(t.shape, t.stride(), start)
+        return self._pool[start : start + n].view(t.shape)
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """``clamp(round(x / s), lo, hi) * s``; backward: straight through where x lies inside the range."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, lo: float, hi: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.bounds = ((lo - 0.5) * scale, (hi + 0.5) * scale)
+        return x.mul(1.0 / scale).nan_to_num_(nan=0.0).round_().clamp_(lo, hi).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (x,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        return torch.where((x >= low) & (x <= high), grad, 0.0), None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: float, qmin: int, qmax: int) -> torch.Tensor:
+    """The real value of x's quantization, ``s (clamp(round(x / s) + z, qmin, qmax) - z)``, with the clipped
+    straight-through gradient; one pass each way (the error model's operands, not the bit-exact ones)."""
+    return _FakeQuantize.apply(x, scale, qmin - zero_point, qmax - zero_point)
 
 
 def error_model_layers(net: nn.Module) -> dict[str, _Emulated]:
@@ -83,11 +137,13 @@ def use_error_model(net: nn.Module, which: str) -> list[str]:
     if which not in ("bit_exact", "error_model", "auto"):
         raise ValueError(f"training forward must be bit_exact, error_model or auto, got {which!r}.")
     chosen = []
+    noise = NoisePool()  # one pool for the whole network
     for name, m in net.named_modules():
         if not isinstance(m, _Emulated):
             continue
         slow = m.path in ("arithmetic", "table", "reference")
         m.training_forward = "error_model" if which == "error_model" or (which == "auto" and slow) else "bit_exact"
+        m.noise = noise
         if m.training_forward == "error_model":
             chosen.append(name)
     return chosen
@@ -103,6 +159,7 @@ def fit_error_models(net: nn.Module, x: torch.Tensor) -> int:
     was_training = net.training
     for m in layers.values():
         m._fitting = True
+        m.noise.refresh()
     net.eval()
     try:
         net(x)

@@ -42,10 +42,10 @@ from ._kernel import KernelTables, kernel_conv2d, load_kernel
 from ._mitchell_arith import MitchellProducts
 from ._separable import SeparableProducts
 from ._tables import TableProducts
-from .error_model import ErrorStats
+from .error_model import ErrorStats, NoisePool, fake_quantize
 from .reference import lut_conv2d_reference, lut_linear_reference
 
-__all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer"]
+__all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer", "training_memory_format"]
 
 _logger = logging.getLogger(__name__)
 EmulationPath = Literal["auto", "reference", "separable", "table", "kernel", "arithmetic"]
@@ -133,6 +133,7 @@ class _Emulated(nn.Module):
         # Training forward: the bit-exact emulation, or the fitted error model (dse.emulation.error_model)
         self.training_forward: Literal["bit_exact", "error_model"] = "bit_exact"
         self.error_stats: ErrorStats | None = None
+        self.noise = NoisePool()  # use_error_model shares one among a network's layers
         self._fitting = False  # fit_error_models: the next forward fits error_stats on its input
         self._cache: dict[str, Any] = {}  # derived from the weights / the activation range; rebuilt on change
         self._constants: dict[str, Any] = {}  # fixed for the layer's life (table, shape)
@@ -371,11 +372,18 @@ class _Emulated(nn.Module):
                 f"Layer {self.layer_name!r} trains through the error model but it was never fitted; "
                 "call dse.emulation.fit_error_models(net, batch) first."
             )
-        x_real, w_real, inside = self.dequantized(x)
-        x_ste = x_real + (x - x.detach()) * inside
+        scale, zero = self._activation_qparams()
+        lo, hi = qrange(self.bits, self.signed)
+        x_ste = fake_quantize(x, scale, zero, lo, hi)
+        with torch.no_grad():  # weights are small: the exact quantization, straight through
+            p = weight_qparams(self.weight, self.bits, self.signed, self.per_channel)
+            view = (-1,) + (1,) * (self.weight.dim() - 1)
+            w_scale, w_zero = p.scale.to(self.weight.device).view(view), p.zero_point.to(self.weight.device).view(view)
+            w_real = (
+                quantize(self.weight.detach().float(), w_scale, w_zero, self.bits, self.signed) - w_zero
+            ) * w_scale
         w_ste = w_real + (self.weight - self.weight.detach())
-        y = self.error_stats.apply(self._exact_sums(x_ste, w_ste), self._channel_dim)
-        return y + self._bias_like(y) if self.bias is not None else y
+        return self.error_stats.apply(self._exact_sums(x_ste, w_ste), self._channel_dim, self.noise, self.bias)
 
     def _bias_like(self, y: torch.Tensor) -> torch.Tensor:
         assert self.bias is not None
@@ -663,3 +671,17 @@ def approximate_layer(
     if isinstance(module, nn.Linear):
         return ApproxLinear.from_linear(module, multiplier, path, per_channel, name, bits, signed)
     raise ConfigError(f"Layer {name!r} is a {type(module).__name__}; only Conv2d and Linear take a multiplier.")
+
+
+def training_memory_format(net: nn.Module) -> torch.memory_format:
+    """The layout a network with emulated layers trains fastest in on this device's paths.
+
+    The compiled kernel reads its operands in NCHW, so a network with bit-exact kernel layers
+    trains faster in ``contiguous_format`` (channels_last would convert around every such
+    layer; measured on MobileNetV2, mul8s_1KV9: 3.4x vs 4.5x the exact step); everything
+    else (PyTorch convolutions, the error model) prefers ``channels_last``.
+    """
+    for m in net.modules():
+        if isinstance(m, _Emulated) and m.path == "kernel" and m.training_forward == "bit_exact":
+            return torch.contiguous_format
+    return torch.channels_last
