@@ -151,9 +151,10 @@ def retrained_front(study: optuna.Study) -> pd.DataFrame:
                 RETRAINED: after,
                 "energy_uj": float(t.user_attrs["energy_uj"]),
                 "pareto_before": t.number in on_front,
+                "baseline": t.user_attrs.get("assignment_key") == exact,
             }
         )
-    table = pd.DataFrame(rows, columns=["trial", "accuracy", RETRAINED, "energy_uj", "pareto_before"])
+    table = pd.DataFrame(rows, columns=["trial", "accuracy", RETRAINED, "energy_uj", "pareto_before", "baseline"])
     table["pareto_after"] = [
         not any(
             (o[RETRAINED] >= r[RETRAINED] and o.energy_uj <= r.energy_uj)

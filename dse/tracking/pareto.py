@@ -128,7 +128,19 @@ def plot_retrained_front_png(table: pd.DataFrame, path: Path) -> Path:
         best = table.sort_values(["energy_uj", col], ascending=[True, False])
         stairs = best[best[col] >= best[col].cummax()]  # non-dominated in (energy, this accuracy)
         ax.step(stairs["energy_uj"], 100 * stairs[col], where="post", c=colour, lw=1, alpha=0.8)
-    for _, r in table.iterrows():
+    baseline = table["baseline"].astype(bool) if "baseline" in table else pd.Series(False, index=table.index)
+    if baseline.any():
+        b = table[baseline].iloc[0]
+        ax.scatter([b["energy_uj"]], [100 * b["accuracy"]], s=140, marker="*", c="gold", ec="k", zorder=4)
+        ax.annotate(
+            "exact baseline",
+            (b["energy_uj"], 100 * b["accuracy"]),
+            textcoords="offset points",
+            xytext=(-10, -14),
+            ha="right",
+            fontsize=8,
+        )
+    for _, r in table[~baseline].iterrows():
         ax.annotate(
             "",
             xy=(r["energy_uj"], 100 * r["accuracy_retrained"]),
