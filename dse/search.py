@@ -22,6 +22,7 @@ from dse.candidate import candidate_evaluator
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
 from dse.search_spaces import SearchSpace, load_sensitivity, prune_space
+from dse.sensitivity import plot_sensitivity
 from dse.study.create import open_study
 from dse.study.final_evaluation import final_evaluation
 from dse.study.objectives import parse_objectives
@@ -98,6 +99,11 @@ def run_search(cfg: DictConfig) -> SearchResult:
             "objectives": ",".join(f"{o.name}:{o.direction}" for o in objectives),
         }
         parent = tracker.open_parent(study, summary)
+        if cfg.pruning.table:  # the sensitivity behind the pruned space, beside the front
+            table = load_sensitivity(cfg.pruning.table)
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_sensitivity(table, str(table["knob"].iloc[0]), Path(tmp) / "sensitivity.png")
+                tracker.client.log_artifact(parent, str(png), "sensitivity")
         indices = getattr(evaluator.datamodule, "test_indices", None)
         if indices is not None:
             tracker.log_json(parent, "search_subset_indices.json", [int(i) for i in indices])

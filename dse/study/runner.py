@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import socket
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -33,8 +35,9 @@ from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import MEASURED_TIME_METRICS, Objective
 from dse.study.retraining import RETRAINED, SearchRetraining
+from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.tracking.pareto import hypervolume, normalized_points
+from dse.tracking.pareto import front_table, hypervolume, normalized_points
 
 __all__ = ["BASELINE_KEY", "StudyRunner", "StudySettings"]
 
@@ -130,6 +133,7 @@ class StudyRunner:
             )
             budget = self.space.size
         self._budget = budget
+        self.study.set_user_attr("n_trials", budget)  # the budget, for summaries and dse.status
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
         done = count_complete(self.study)
         if done >= budget:
@@ -285,6 +289,12 @@ class StudyRunner:
             self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots)
             if plots and self.tracker.parent_run_id is not None and self.study.best_trials:
                 self.tracker.log_table(self.tracker.parent_run_id, self.front_layers(), "pareto_layers.csv", "pareto")
+                with tempfile.TemporaryDirectory() as tmp:
+                    heatmap = plot_front_heatmap(
+                        front_table(self.study, self.settings.objectives), Path(tmp) / "pareto_assignments.png"
+                    )
+                    if heatmap is not None:
+                        self.tracker.client.log_artifact(self.tracker.parent_run_id, str(heatmap), "pareto")
 
     def front_layers(self) -> pd.DataFrame:
         """Per-layer cost breakdown (energy, latency, widths) of every Pareto trial, from the cost models alone."""

@@ -100,6 +100,7 @@ class MlflowTracker:
             except Exception as exc:
                 raise ConfigError(f"Cannot reach the MLflow tracking store {tracking_uri!r}: {exc}") from exc
         self.parent_run_id: str | None = None
+        self._pareto_tags: dict[str, bool] = {}  # run id -> the pareto tag last set
 
     # -- parent run -------------------------------------------------------------------
     def open_parent(self, study: optuna.Study, params: Mapping[str, object]) -> str:
@@ -200,21 +201,40 @@ class MlflowTracker:
     ) -> pd.DataFrame:
         """Write the current front (CSV; HTML and PNG when ``plots``) and the hypervolume to the parent."""
         from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
+        from dse.tracking.summary import study_summary
 
         assert self.parent_run_id is not None
         front = front_table(study, objectives)
         self.log_table(self.parent_run_id, front, "pareto_front.csv", artifact_path="pareto")
+        self.tag_pareto(study)
         if plots and not front.empty:
             everything = trials_table(study, objectives)
             with tempfile.TemporaryDirectory() as tmp:
                 for plot, name in ((plot_front_png, "pareto_front.png"), (plot_front_html, "pareto_front.html")):
                     path = plot(everything, front, objectives, Path(tmp) / name)
                     self.client.log_artifact(self.parent_run_id, str(path), artifact_path="pareto")
+                summary = Path(tmp) / "README.md"
+                summary.write_text(study_summary(study, objectives, everything, front))
+                self.client.log_artifact(self.parent_run_id, str(summary))
+            # the table the MLflow UI renders (artifact view, and the runs' "Evaluation" tab)
+            shown = front[[c for c in front.columns if c not in ("assignment_key", "worker", "mlflow_run_id")]]
+            self.client.log_table(self.parent_run_id, shown, "pareto/pareto_front_table.json")
         metrics = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
         if hypervolume is not None:
             metrics["hypervolume"] = hypervolume
         self.log_metrics(self.parent_run_id, metrics, step=n_complete)
         return front
+
+    def tag_pareto(self, study: optuna.Study) -> None:
+        """Tag each trial's run ``pareto=true|false`` as the front is now (only the tags that change),
+        so the UI's run list can filter ``tags.pareto = 'true'``."""
+        front = {t.number for t in study.best_trials}
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            run_id = t.user_attrs.get("mlflow_run_id")
+            on = t.number in front
+            if run_id and self._pareto_tags.get(run_id) != on:
+                self.client.set_tag(run_id, "pareto", "true" if on else "false")
+                self._pareto_tags[run_id] = on
 
     def log_standalone_run(
         self,

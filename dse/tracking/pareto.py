@@ -27,7 +27,8 @@ __all__ = [
 
 
 def _row(trial: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, object]:
-    row: dict[str, object] = {"trial": trial.number}
+    constraints = trial.system_attrs.get("constraints")  # Optuna's key for trial.set_constraint
+    row: dict[str, object] = {"trial": trial.number, "feasible": not constraints or all(c <= 0 for c in constraints)}
     row.update({o.name: v for o, v in zip(objectives, trial.values or [], strict=False)})
     row.update({k: v for k, v in trial.user_attrs.items() if k not in row})
     row.update({f"param.{k}": v for k, v in trial.params.items()})
@@ -66,48 +67,96 @@ def normalized_points(values: np.ndarray, objectives: Sequence[Objective], refer
 def hypervolume(points: np.ndarray, reference: np.ndarray | None = None) -> float:
     """Volume dominated by ``points`` (minimisation) and bounded by ``reference`` (default all ones).
 
-    Exact, by slicing along the first axis (fine for the fronts of a few hundred points).
+    Optuna's own indicator (the WFG algorithm its samplers and hypervolume plots use); points
+    that do not dominate the reference add nothing.
 
     >>> hypervolume(np.array([[0.5, 0.5]])), hypervolume(np.array([[0.2, 0.6], [0.6, 0.2]]))
     (0.25, 0.48)
     """
+    from optuna._hypervolume import compute_hypervolume  # maintained by Optuna, pinned by dse's tests
+
     pts = np.asarray(points, dtype=float)
     ref = np.ones(pts.shape[1]) if reference is None else np.asarray(reference, dtype=float)
     pts = pts[np.all(pts < ref, axis=1)]
     if len(pts) == 0:
         return 0.0
-    if pts.shape[1] == 1:
-        return float(ref[0] - pts[:, 0].min())
-    pts = pts[np.argsort(pts[:, 0])]
-    volume = 0.0
-    for i in range(len(pts)):
-        upper = pts[i + 1, 0] if i + 1 < len(pts) else ref[0]
-        width = upper - pts[i, 0]
-        if width > 0:
-            volume += width * hypervolume(pts[: i + 1, 1:], ref[1:])
-    return float(round(volume, 12))
+    return float(round(compute_hypervolume(pts, ref, assume_pareto=False), 12))
+
+
+# Axis label and scale of each metric a plot may show (accuracy as %, units spelled out).
+AXES: dict[str, tuple[str, float]] = {
+    "accuracy": ("top-1 accuracy (%)", 100.0),
+    "accuracy_top5": ("top-5 accuracy (%)", 100.0),
+    "accuracy_retrained": ("top-1 accuracy after retraining (%)", 100.0),
+    "energy_uj": ("estimated energy per inference (uJ)", 1.0),
+    "modeled_latency_us": ("modeled latency per inference (us)", 1.0),
+    "inference_time_s": ("measured time of one pass over the search set (s)", 1.0),
+    "ms_per_image": ("measured time per image (ms)", 1.0),
+    "mean_weight_bits": ("MAC-weighted mean weight width (bits)", 1.0),
+}
+_COSTS = ("energy_uj", "modeled_latency_us", "inference_time_s")
+
+
+def _label(name: str) -> str:
+    return AXES.get(name, (name, 1.0))[0]
+
+
+def _scale(name: str) -> float:
+    return AXES.get(name, (name, 1.0))[1]
+
+
+def projections(all_trials: pd.DataFrame, objectives: Sequence[Objective]) -> list[tuple[str, str]]:
+    """(x, y) pairs to draw: the accuracy objective against each cost that trials measured
+    (energy, modeled latency, measured time), else against the other objectives."""
+    maximized = [o.name for o in objectives if o.direction == "maximize"]
+    y = maximized[0] if maximized else objectives[0].name
+    costs = [c for c in _COSTS if c in all_trials and np.isfinite(all_trials[c].astype(float)).any()]
+    xs = costs or [o.name for o in objectives if o.name != y] or [y]
+    return [(x, y) for x in xs]
+
+
+def staircase(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows non-dominated in (minimise ``x``, maximise ``y``), by increasing ``x``."""
+    d = df[np.isfinite(df[x].astype(float)) & np.isfinite(df[y].astype(float))]
+    d = d.sort_values([x, y], ascending=[True, False])
+    return d[d[y] > d[y].cummax().shift(fill_value=-np.inf)]
+
+
+def _baseline(df: pd.DataFrame) -> pd.DataFrame:
+    from dse.assignment import assignment_key
+
+    return df[df["assignment_key"] == assignment_key({})] if "assignment_key" in df else df.iloc[:0]
 
 
 def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path) -> Path:
-    """Scatter of every pair of objectives: all trials in grey, the front in colour."""
+    """One panel per projection: every trial (grey), that projection's own non-dominated staircase
+    (line), the members of the full multi-objective front (red, not joined: in a projection they
+    need not be a front), and the all-exact baseline (star)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [o.name for o in objectives]
-    pairs = [(names[0], n) for n in names[1:]] or [(names[0], names[0])]
+    pairs = projections(all_trials, objectives)
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
-    for ax, (y, x) in zip(axes[0], pairs, strict=False):
-        ax.scatter(all_trials[x], all_trials[y], s=14, c="0.75", label="trials")
+    feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
+    base = _baseline(all_trials)
+    for ax, (x, y) in zip(axes[0], pairs, strict=False):
+        sx, sy = _scale(x), _scale(y)
+        ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
+        stairs = staircase(feasible, x, y)
+        ax.step(stairs[x] * sx, stairs[y] * sy, where="post", c="0.35", lw=1, label="non-dominated here")
         if not front.empty:
-            f = front.sort_values(x)
-            ax.plot(f[x], f[y], "o-", c="tab:red", ms=5, lw=1, label="Pareto front")
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
+            ax.scatter(front[x] * sx, front[y] * sy, s=30, c="tab:red", zorder=3, label="Pareto front (all objectives)")
+        if not base.empty:
+            ax.scatter(
+                base[x] * sx, base[y] * sy, s=150, marker="*", c="gold", ec="k", zorder=4, label="exact baseline"
+            )
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label(y))
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front of {', '.join(o.name for o in objectives)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,50 +208,73 @@ def plot_retrained_front_png(table: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path) -> Path:
-    """Interactive plotly scatter (self-contained HTML, opens offline); hover shows the assignment."""
+    """The same panels as :func:`plot_front_png`, interactive (self-contained HTML: it renders offline
+    and inside the MLflow UI's artifact viewer); hover shows the trial, its metrics and assignment."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    names = [o.name for o in objectives]
-    x, y = (names[1], names[0]) if len(names) > 1 else (names[0], names[0])
+    pairs = projections(all_trials, objectives)
     params = [c for c in all_trials.columns if c.startswith("param.")]
+    on_front = set(front["trial"]) if not front.empty else set()
+    metrics = sorted({n for pair in pairs for n in pair})
 
     def hover(df: pd.DataFrame) -> list[str]:
         return [
-            f"trial {int(r['trial'])}<br>" + "<br>".join(f"{c[6:]}={r[c]}" for c in params) for _, r in df.iterrows()
+            f"<b>trial {int(r['trial'])}</b><br>"
+            + "<br>".join(f"{m} = {r[m]:.4g}" for m in metrics)
+            + "<br>"
+            + "<br>".join(f"{c[6:]} = {r[c]}" for c in params)
+            for _, r in df.iterrows()
         ]
 
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=all_trials[x],
-            y=all_trials[y],
-            mode="markers",
-            name="trials",
-            marker={"color": "lightgrey", "size": 7},
-            text=hover(all_trials),
-            hoverinfo="text+x+y",
-        )
-    )
-    if not front.empty:
-        f = front.sort_values(x)
-        color = f[names[2]] if len(names) > 2 else None
+    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.08)
+    feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
+    dominated = all_trials[~all_trials["trial"].isin(on_front)]
+    base = _baseline(all_trials)
+    for col, (x, y) in enumerate(pairs, 1):
+        sx, sy, first = _scale(x), _scale(y), col == 1
+        layers = [
+            (dominated, "dominated trials", {"color": "lightgrey", "size": 7}, "markers"),
+            (front, "Pareto front (all objectives)", {"color": "crimson", "size": 10}, "markers"),
+            (base, "exact baseline", {"color": "gold", "size": 16, "symbol": "star", "line": {"width": 1}}, "markers"),
+        ]
+        for df, name, marker, mode in layers:
+            if df.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=df[x] * sx,
+                    y=df[y] * sy,
+                    mode=mode,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=first,
+                    marker=marker,
+                    text=hover(df),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        stairs = staircase(feasible, x, y)
         fig.add_trace(
             go.Scatter(
-                x=f[x],
-                y=f[y],
-                mode="markers+lines",
-                name="Pareto front",
-                text=hover(f),
-                hoverinfo="text+x+y",
-                marker={
-                    "size": 10,
-                    "color": color,
-                    "colorscale": "Viridis",
-                    "showscale": color is not None,
-                    "colorbar": {"title": names[2]} if color is not None else None,
-                },
-            )
+                x=stairs[x] * sx,
+                y=stairs[y] * sy,
+                mode="lines",
+                line={"shape": "hv", "color": "grey", "width": 1},
+                name="non-dominated in this view",
+                legendgroup="stairs",
+                showlegend=first,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
         )
-    fig.update_layout(xaxis_title=x, yaxis_title=y, title=f"Pareto front ({len(front)} of {len(all_trials)} trials)")
+        fig.update_xaxes(title_text=_label(x), row=1, col=col)
+        fig.update_yaxes(title_text=_label(y), row=1, col=col)
+    fig.update_layout(
+        title=f"Pareto front: {len(front)} of {len(all_trials)} trials", height=520, width=max(700, 520 * len(pairs))
+    )
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path
