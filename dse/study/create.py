@@ -38,6 +38,7 @@ def open_study(
     choices = {param: [str(c) for c in values] for param, values in space.grid().items()}
     stored = study.user_attrs.get("objectives")
     if stored is None:
+        study.set_metric_names(names)  # optuna-dashboard and Optuna's plots label the objectives by name
         study.set_user_attr("objectives", names)
         study.set_user_attr("space_params", sorted(space.params))
         study.set_user_attr("space_choices", choices)

@@ -218,12 +218,27 @@ class MlflowTracker:
                 self.client.log_artifact(self.parent_run_id, str(summary))
             # the table the MLflow UI renders (artifact view, and the runs' "Evaluation" tab)
             shown = front[[c for c in front.columns if c not in ("assignment_key", "worker", "mlflow_run_id")]]
-            self.client.log_table(self.parent_run_id, shown, "pareto/pareto_front_table.json")
+            self.replace_table(self.parent_run_id, shown, "pareto/pareto_front_table.json")
         metrics = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
         if hypervolume is not None:
             metrics["hypervolume"] = hypervolume
         self.log_metrics(self.parent_run_id, metrics, step=n_complete)
         return front
+
+    def replace_table(self, run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
+        """Log ``table`` where the MLflow UI renders tables, replacing the previous version
+        (``MlflowClient.log_table`` appends rows to an existing file instead)."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            table.to_json(path, orient="split", index=False, date_format="iso")  # log_table's own format
+            self.client.log_artifact(run_id, str(path), artifact_path=folder or None)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
 
     def tag_pareto(self, study: optuna.Study) -> None:
         """Tag each trial's run ``pareto=true|false`` as the front is now (only the tags that change),

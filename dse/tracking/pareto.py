@@ -16,12 +16,16 @@ if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotati
 
 
 __all__ = [
+    "axis_label",
+    "axis_scale",
     "front_table",
     "hypervolume",
     "normalized_points",
     "plot_front_html",
     "plot_front_png",
     "plot_retrained_front_png",
+    "projections",
+    "staircase",
     "trials_table",
 ]
 
@@ -97,11 +101,13 @@ AXES: dict[str, tuple[str, float]] = {
 _COSTS = ("energy_uj", "modeled_latency_us", "inference_time_s")
 
 
-def _label(name: str) -> str:
+def axis_label(name: str) -> str:
+    """How a plot labels metric ``name`` (with its unit)."""
     return AXES.get(name, (name, 1.0))[0]
 
 
-def _scale(name: str) -> float:
+def axis_scale(name: str) -> float:
+    """What a plot multiplies metric ``name`` by (fractions of accuracy are shown in %)."""
     return AXES.get(name, (name, 1.0))[1]
 
 
@@ -142,7 +148,7 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
     base = _baseline(all_trials)
     for ax, (x, y) in zip(axes[0], pairs, strict=False):
-        sx, sy = _scale(x), _scale(y)
+        sx, sy = axis_scale(x), axis_scale(y)
         ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
         stairs = staircase(feasible, x, y)
         ax.step(stairs[x] * sx, stairs[y] * sy, where="post", c="0.35", lw=1, label="non-dominated here")
@@ -152,8 +158,8 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
             ax.scatter(
                 base[x] * sx, base[y] * sy, s=150, marker="*", c="gold", ec="k", zorder=4, label="exact baseline"
             )
-        ax.set_xlabel(_label(x))
-        ax.set_ylabel(_label(y))
+        ax.set_xlabel(axis_label(x))
+        ax.set_ylabel(axis_label(y))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front of {', '.join(o.name for o in objectives)}")
@@ -232,7 +238,7 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
     dominated = all_trials[~all_trials["trial"].isin(on_front)]
     base = _baseline(all_trials)
     for col, (x, y) in enumerate(pairs, 1):
-        sx, sy, first = _scale(x), _scale(y), col == 1
+        sx, sy, first = axis_scale(x), axis_scale(y), col == 1
         layers = [
             (dominated, "dominated trials", {"color": "lightgrey", "size": 7}, "markers"),
             (front, "Pareto front (all objectives)", {"color": "crimson", "size": 10}, "markers"),
@@ -271,8 +277,8 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
             row=1,
             col=col,
         )
-        fig.update_xaxes(title_text=_label(x), row=1, col=col)
-        fig.update_yaxes(title_text=_label(y), row=1, col=col)
+        fig.update_xaxes(title_text=axis_label(x), row=1, col=col)
+        fig.update_yaxes(title_text=axis_label(y), row=1, col=col)
     fig.update_layout(
         title=f"Pareto front: {len(front)} of {len(all_trials)} trials", height=520, width=max(700, 520 * len(pairs))
     )
