@@ -122,6 +122,7 @@ class StudyRunner:
         self._failure_streak = 0
         self._baseline_accuracy: float | None = None
         self._progress: tqdm | None = None
+        self._last_logged_step: int | None = None
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -137,6 +138,7 @@ class StudyRunner:
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
         done = count_complete(self.study)
         if done >= budget:
+            self._last_logged_step = done  # its points were logged when those trials completed
             _logger.info(
                 "Study %r already holds %d/%d complete trials: nothing to do.", self.study.study_name, done, budget
             )
@@ -286,7 +288,9 @@ class StudyRunner:
             self._progress.set_postfix(front=front_size, hv=f"{hv:.4f}" if hv is not None else "-")
         if self.tracker is not None:
             plots = final or done % self.tracker.plot_every == 0 or done >= self._budget
-            self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots)
+            fresh = done != self._last_logged_step  # the final refresh after the last trial adds no point
+            self.tracker.log_front(self.study, self.settings.objectives, hv, done, plots=plots, metrics=fresh)
+            self._last_logged_step = done
             if plots and self.tracker.parent_run_id is not None and self.study.best_trials:
                 self.tracker.log_table(self.tracker.parent_run_id, self.front_layers(), "pareto_layers.csv", "pareto")
                 with tempfile.TemporaryDirectory() as tmp:

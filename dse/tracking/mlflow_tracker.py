@@ -198,6 +198,7 @@ class MlflowTracker:
         hypervolume: float | None,
         n_complete: int,
         plots: bool,
+        metrics: bool = True,
     ) -> pd.DataFrame:
         """Write the current front (CSV; HTML and PNG when ``plots``) and the hypervolume to the parent."""
         from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
@@ -219,10 +220,11 @@ class MlflowTracker:
             # the table the MLflow UI renders (artifact view, and the runs' "Evaluation" tab)
             shown = front[[c for c in front.columns if c not in ("assignment_key", "worker", "mlflow_run_id")]]
             self.replace_table(self.parent_run_id, shown, "pareto/pareto_front_table.json")
-        metrics = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
-        if hypervolume is not None:
-            metrics["hypervolume"] = hypervolume
-        self.log_metrics(self.parent_run_id, metrics, step=n_complete)
+        if metrics:  # one point per complete trial: the UI draws the curves
+            values = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
+            if hypervolume is not None:
+                values["hypervolume"] = hypervolume
+            self.log_metrics(self.parent_run_id, values, step=n_complete)
         return front
 
     def replace_table(self, run_id: str, table: pd.DataFrame, artifact_file: str) -> None:

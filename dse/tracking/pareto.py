@@ -92,9 +92,9 @@ AXES: dict[str, tuple[str, float]] = {
     "accuracy": ("top-1 accuracy (%)", 100.0),
     "accuracy_top5": ("top-5 accuracy (%)", 100.0),
     "accuracy_retrained": ("top-1 accuracy after retraining (%)", 100.0),
-    "energy_uj": ("estimated energy per inference (uJ)", 1.0),
-    "modeled_latency_us": ("modeled latency per inference (us)", 1.0),
-    "inference_time_s": ("measured time of one pass over the search set (s)", 1.0),
+    "energy_uj": ("energy per inference (uJ, estimated)", 1.0),
+    "modeled_latency_us": ("latency per inference (us, modeled)", 1.0),
+    "inference_time_s": ("time per pass over the search set (s, measured)", 1.0),
     "ms_per_image": ("measured time per image (ms)", 1.0),
     "mean_weight_bits": ("MAC-weighted mean weight width (bits)", 1.0),
 }
@@ -233,7 +233,7 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
             for _, r in df.iterrows()
         ]
 
-    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.12)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
     dominated = all_trials[~all_trials["trial"].isin(on_front)]
     base = _baseline(all_trials)
@@ -280,7 +280,11 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
         fig.update_xaxes(title_text=axis_label(x), row=1, col=col)
         fig.update_yaxes(title_text=axis_label(y), row=1, col=col)
     fig.update_layout(
-        title=f"Pareto front: {len(front)} of {len(all_trials)} trials", height=520, width=max(700, 520 * len(pairs))
+        title=f"Pareto front: {len(front)} of {len(all_trials)} trials",
+        autosize=True,
+        legend={"orientation": "h", "y": -0.22},
+        margin={"b": 110},
     )
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    # fills whatever frame shows it (the MLflow artifact viewer, a browser tab); plotly.js inline: works offline
+    fig.write_html(path, include_plotlyjs=True, full_html=True, default_width="100%", default_height="520px")
     return path
