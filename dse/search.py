@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +143,48 @@ def run_search(cfg: DictConfig) -> SearchResult:
         if tracker is not None:
             tracker.close_parent(status)
     front = front_table(study, objectives)
-    _logger.info("Done: %d complete trials, %d on the Pareto front.", count_complete(study), len(front))
+    _logger.info(end_of_search_message(study, front, tracker))
     return SearchResult(study, front, tracker.parent_run_id if tracker else None)
+
+
+def _assignment_summary(params: dict[str, object]) -> str:
+    """A few parameters each by name (``first_conv=3 depthwise=exact``); many (per-layer spaces) as how
+    often each knob takes each value (``decimals: 3 x20, exact x33``)."""
+    if len(params) <= 6:
+        return " ".join(f"{name.split('.', 1)[-1]}={value}" for name, value in params.items())
+    by_knob: dict[str, Counter[str]] = {}
+    for name, value in params.items():
+        by_knob.setdefault(name.split(".", 1)[0], Counter())[str(value)] += 1
+    return " | ".join(
+        f"{knob}: " + ", ".join(f"{v} x{n}" for v, n in counts.most_common()) for knob, counts in by_knob.items()
+    )
+
+
+def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: MlflowTracker | None) -> str:
+    """What the search found and where to look: the front as a small table, its artifacts, the UI command."""
+    lines = [f"Done: {count_complete(study)} complete trials, {len(front)} on the Pareto front."]
+    if not front.empty:
+        columns = {
+            "accuracy": ("top-1 %", 100.0),
+            "energy_uj": ("energy uJ", 1.0),
+            "modeled_latency_us": ("latency us", 1.0),
+            "inference_time_s": ("time s", 1.0),
+        }
+        table = pd.DataFrame({"trial": front["trial"]})
+        for name, (label, scale) in columns.items():
+            if name in front and front[name].astype(float).notna().any():  # (time: only when measured)
+                table[label] = (front[name].astype(float) * scale).map(lambda v: f"{v:.4g}")
+        params = {t.number: t.params for t in study.best_trials}
+        table["assignment"] = [_assignment_summary(params[int(n)])[:90] for n in front["trial"]]
+        lines += ["", table.to_string(index=False), ""]
+    if tracker is not None and tracker.parent_run_id is not None:
+        run = tracker.client.get_run(tracker.parent_run_id)
+        lines += [
+            f"Front artifacts: {run.info.artifact_uri}/pareto/ (pareto_front.html, .png, .csv, pareto_assignments.png)",
+            f"Open them: mlflow ui --backend-store-uri {tracker.tracking_uri}",
+            f"  then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}",
+        ]
+    return "\n".join(lines)
 
 
 def _publish_retrained(study: optuna.Study, tracker: MlflowTracker | None) -> None:

@@ -76,6 +76,9 @@ def test_optuna_dashboard_shows_the_study_with_named_objectives_and_metrics(work
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert float(attrs["accuracy"]) == pytest.approx(study.trials[1].user_attrs["accuracy"])
         assert float(attrs["energy_uj"]) == pytest.approx(study.trials[1].user_attrs["energy_uj"])
+        by_kind = study.trials[1].user_attrs["energy_uj_by_layer_kind"]  # the layer costs in brief
+        assert sum(by_kind.values()) == pytest.approx(study.trials[1].user_attrs["energy_uj"], rel=1e-3)
+        assert "energy_uj_by_layer_kind" in attrs and "assignment_key" in attrs
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

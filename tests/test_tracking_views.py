@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from dse.search import run_search
+from dse.search import end_of_search_message, run_search
 from dse.study.objectives import Objective
+from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import hypervolume, normalized_points
 from tests.conftest import FAST, compose_config
 
@@ -46,6 +47,14 @@ def _check(workdir: Path, n_trials: int) -> None:
     assert values[-1] == pytest.approx(hypervolume(points))
     names = {a.path for a in client.list_artifacts(parent, "pareto")}  # type: ignore[arg-type]
     assert {"pareto/pareto_front.html", "pareto/pareto_front.png", "pareto/pareto_assignments.png"} <= names
+    # the end of the search says what it found and where to look
+    tracker = MlflowTracker(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    tracker.parent_run_id = parent
+    message = end_of_search_message(study, result.front, tracker)
+    rows = [line for line in message.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert sorted(int(r.split()[0]) for r in rows) == sorted(front)
+    assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlruns/mlflow.db" in message
+    assert f"/runs/{parent}" in message and "pareto_front.html" in message
     summary = Path(client.download_artifacts(parent, "README.md", str(workdir / "dl"))).read_text()
     assert f"Pareto front: {len(front)} trials" in summary and "Best accuracy at each energy budget" in summary
 

@@ -209,6 +209,9 @@ class StudyRunner:
                 trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
             for name, value in metrics.items():
                 trial.set_user_attr(name, value)
+            # the per-layer cost table in brief, for viewers of the study alone (optuna-dashboard)
+            by_kind = result.layers.groupby("kind")["total_pj"].sum() / 1e6
+            trial.set_user_attr("energy_uj_by_layer_kind", {k: round(float(v), 4) for k, v in by_kind.items()})
         except BaseException:
             if self.tracker is not None and run_id is not None:
                 self.tracker.client.set_terminated(run_id, status="FAILED")
