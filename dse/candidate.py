@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from hydra.utils import instantiate
@@ -18,6 +19,9 @@ from dse.cost.macs import LayerShape, layer_shapes
 from dse.emulation import EmulationPath, calibrate_ranges
 from dse.evaluation import Evaluator
 from dse.transform import apply_assignment
+
+if TYPE_CHECKING:  # dse.study imports this module
+    from dse.study.screening import ScreeningDecision, ScreeningRule
 
 __all__ = ["CandidateEvaluator", "CandidateResult", "candidate_evaluator"]
 
@@ -101,24 +105,41 @@ class CandidateEvaluator:
             )
         return pd.DataFrame(rows)
 
-    def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
+    def candidate(self, assignment: Assignment) -> nn.Module:
+        """The trained model with ``assignment`` applied (a copy)."""
         needs_ranges = any(cfg.multiplier or cfg.activation_format for cfg in assignment.values())
-        candidate = apply_assignment(
+        return apply_assignment(
             self.model,
             assignment,
             self.activation_ranges if needs_ranges else None,
             path=self.emulation_path,
             per_channel=self.per_channel,
         )
-        acc = self.evaluator.accuracy(candidate)
-        table = self.cost_table(self.model, assignment)
+
+    @staticmethod
+    def costs(table: pd.DataFrame) -> dict[str, float]:
+        """The cost model's metrics of a :meth:`cost_table` (known before any image is evaluated)."""
         macs = table["macs"].sum()
-        metrics = {
-            "accuracy": acc.acc_top1,
-            "accuracy_top5": acc.acc_top5,
+        return {
             "energy_uj": float(table["total_pj"].sum()) / 1e6,
             "mean_weight_bits": float((table["weight_bits"] * table["macs"]).sum() / macs),
             "modeled_latency_us": float(table["latency_us"].sum()),
+        }
+
+    def screen(self, assignment: Assignment, rule: ScreeningRule, front: list[list[float]]) -> ScreeningDecision:
+        """Evaluate the first ``rule.first_images`` images and decide whether the trial can stop there."""
+        correct = self.evaluator.correct(self.candidate(assignment), limit=rule.first_images)
+        costs = self.costs(self.cost_table(self.model, assignment))
+        return rule.decide(int(correct.sum()), len(correct), self.evaluator.n_images, costs, front)
+
+    def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
+        candidate = self.candidate(assignment)
+        acc = self.evaluator.accuracy(candidate)
+        table = self.cost_table(self.model, assignment)
+        metrics = {
+            "accuracy": acc.acc_top1,
+            "accuracy_top5": acc.acc_top5,
+            **self.costs(table),
             "inference_time_s": math.nan,
             "ms_per_image": math.nan,
         }

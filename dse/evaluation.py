@@ -94,6 +94,7 @@ class Evaluator:
         datamodule.setup("test")
         self.device = default_device() if accelerator == "auto" else torch.device(accelerator)
         self._timing_batches: list[torch.Tensor] | None = None
+        self._labels: list[torch.Tensor] = []
 
     @property
     def n_images(self) -> int:
@@ -118,11 +119,27 @@ class Evaluator:
             memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
             # the data module's own device-side preprocessing (normalisation), as in Trainer.test
             prepare = self.datamodule.on_after_batch_transfer
-            self._timing_batches = [
-                prepare((x.to(self.device), y), 0)[0].contiguous(memory_format=memory_format)
-                for x, y in self.datamodule.test_dataloader()
-            ]
+            batches = [prepare((x.to(self.device), y.to(self.device)), 0) for x, y in self.datamodule.test_dataloader()]
+            self._timing_batches = [x.contiguous(memory_format=memory_format) for x, _ in batches]
+            self._labels = [y for _, y in batches]
         return self._timing_batches
+
+    @torch.no_grad()
+    def correct(self, model: nn.Module, limit: int | None = None) -> torch.Tensor:
+        """Whether each test image, in loader order, is classified right (top-1), as a CPU bool tensor;
+        only the first ``limit`` images (whole batches, then cut) when given. The forward of
+        :meth:`accuracy` (same images, preprocessing and layout) without a Trainer, so a search can
+        read a candidate's accuracy a slice at a time (``dse.study.screening``)."""
+        batches = self._batches()
+        model = model.to(self.device).eval()
+        out, seen = [], 0
+        for x, y in zip(batches, self._labels, strict=True):
+            if limit is not None and seen >= limit:
+                break
+            out.append((model(x).argmax(dim=1) == y).cpu())
+            seen += len(y)
+        result = torch.cat(out)
+        return result[:limit] if limit is not None else result
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """``calibration_images`` images picked with a seeded permutation, normalised, on the device."""

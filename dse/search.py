@@ -30,6 +30,7 @@ from dse.study.objectives import parse_objectives
 from dse.study.retraining import SearchRetraining, check_retrain_settings, retrained_front
 from dse.study.runner import StudyRunner, StudySettings, count_complete
 from dse.study.sampler import build_sampler
+from dse.study.screening import ScreeningRule
 from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import front_table, plot_retrained_front_png
@@ -65,6 +66,11 @@ def run_search(cfg: DictConfig) -> SearchResult:
     settings = _settings(cfg)
     objectives = list(settings.objectives)
     check_retrain_settings(cfg.retrain, objectives)
+    screening = (  # validated here, before anything is created
+        ScreeningRule(objectives, int(cfg.screening.first_images), float(cfg.screening.alpha))
+        if cfg.screening.enabled
+        else None
+    )
     model = build_trained_model(cfg.model)
     space: SearchSpace = instantiate(cfg.space)
     bound = space.bind(model, dict(cfg.model.layer_groups))
@@ -118,6 +124,7 @@ def run_search(cfg: DictConfig) -> SearchResult:
         tracker,
         running_is_live=has_heartbeat(storage),
         retraining=retraining if cfg.retrain.on == "each" else None,
+        screening=screening,
     )
     status = "FAILED"
     try:

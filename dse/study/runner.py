@@ -14,6 +14,7 @@ its own retry: a dead trial must not block the retry of its assignment.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import MEASURED_TIME_METRICS, Objective
 from dse.study.retraining import RETRAINED, SearchRetraining
+from dse.study.screening import ScreeningRule
 from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import front_table, hypervolume, normalized_points
@@ -45,6 +47,7 @@ _logger = logging.getLogger(__name__)
 BASELINE_KEY = assignment_key({})
 _KEY_ATTR = "assignment_key"
 _REFERENCE_ATTR = "hypervolume_reference"
+_SCREENED_ATTR = "screening_reason"  # a trial stopped by screening: its assignment counts as evaluated
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,13 @@ class StudyRunner:
         tracker: MlflowTracker | None = None,
         running_is_live: bool = True,
         retraining: SearchRetraining | None = None,
+        screening: ScreeningRule | None = None,
     ) -> None:
         """``running_is_live``: the storage fails dead workers' trials (a heartbeat), so a
         RUNNING trial is really being evaluated; without one it proves nothing.
         ``retraining``: retrain each trial as it completes (``retrain.on=each``)."""
         self.retraining = retraining
+        self.screening = screening  # dse.study.screening: stop hopeless trials after their first images
         self.study = study
         self.running_is_live = running_is_live
         self.space = space
@@ -156,13 +161,17 @@ class StudyRunner:
         FAIL and PRUNED trials never count; a RUNNING one counts only if it is live
         (``running_is_live``), started earlier, and is not a trial this one retries.
         """
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
+        )
         me = next((t for t in trials if t.number == number), None)
         retried = set(me.system_attrs.get("retry_history", [])) if me is not None else set()
         for t in trials:
             if t.number == number or t.number in retried or t.user_attrs.get(_KEY_ATTR) != key:
                 continue
-            if t.state == TrialState.COMPLETE or (self.running_is_live and t.number < number):
+            if t.state == TrialState.PRUNED and _SCREENED_ATTR not in t.user_attrs:
+                continue  # a duplicate: the evaluation is another trial's
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (self.running_is_live and t.number < number):
                 return t.number
         return None
 
@@ -195,6 +204,8 @@ class StudyRunner:
             }
             run_id = self.tracker.start_trial(trial, {**params, **layer_params})
         try:
+            if self.screening is not None and key != BASELINE_KEY:
+                self._screen(trial, assignment, run_id)
             result = self.candidates.evaluate(assignment, timing=self.settings.timing)
             metrics = result.metrics
             retraining = self.retraining if key != BASELINE_KEY else None  # the exact model: nothing to retrain
@@ -212,6 +223,8 @@ class StudyRunner:
             # the per-layer cost table in brief, for viewers of the study alone (optuna-dashboard)
             by_kind = result.layers.groupby("kind")["total_pj"].sum() / 1e6
             trial.set_user_attr("energy_uj_by_layer_kind", {k: round(float(v), 4) for k, v in by_kind.items()})
+        except optuna.TrialPruned:
+            raise  # screened out: its run is already closed
         except BaseException:
             if self.tracker is not None and run_id is not None:
                 self.tracker.client.set_terminated(run_id, status="FAILED")
@@ -220,6 +233,29 @@ class StudyRunner:
             finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
             self.tracker.end_trial(run_id, finite, tables={"layers.csv": result.layers})
         return [judged if o.name == RETRAINED else metrics[o.name] for o in self.settings.objectives]
+
+    def _screen(self, trial: optuna.Trial, assignment: dict, run_id: str | None) -> None:
+        """Raise TrialPruned (recorded with its partial accuracy, bound and reason) if the first images
+        show the candidate cannot reach the current front."""
+        assert self.screening is not None
+        if self.settings.max_accuracy_drop is not None and self.screening.min_accuracy is None:
+            limit = self.baseline_accuracy() - self.settings.max_accuracy_drop  # an infeasible trial: never on it
+            self.screening = dataclasses.replace(self.screening, min_accuracy=limit)
+        front = [list(t.values) for t in self.study.best_trials]
+        decision = self.candidates.screen(assignment, self.screening, front)
+        trial.set_user_attr("screening_partial_accuracy", decision.partial_accuracy)
+        trial.set_user_attr("screening_upper_bound", decision.upper_bound)
+        trial.set_user_attr("screening_images", decision.images_seen)
+        if not decision.prune:
+            return
+        trial.set_user_attr(_SCREENED_ATTR, decision.reason)
+        if self.tracker is not None and run_id is not None:
+            self.tracker.client.set_tag(run_id, "dse_pruned", "screening")
+            self.tracker.end_trial(
+                run_id,
+                {"partial_accuracy": decision.partial_accuracy, "accuracy_upper_bound": decision.upper_bound},
+            )
+        raise optuna.TrialPruned(f"screened out after {decision.images_seen} images: {decision.reason}")
 
     @property
     def _judges_retrained(self) -> bool:
