@@ -27,7 +27,6 @@ import argparse
 import logging
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ from dse.candidate import candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation_cache import EvaluationCache, file_digest
 from dse.search_spaces import BoundSpace, SearchSpace
-from dse.study.objectives import Objective
+from dse.study.replay import OBJECTIVES, cost_to, mark_true_front, replay, trials_to
 from dse.study.sampler import build_sampler
 from dse.study.screening import ScreeningRule
 from dse.tracking.pareto import hypervolume, normalized_points
@@ -60,7 +59,6 @@ GRID = [
     "data.test_subset=1000",
     "evaluation.timing_repeats=1",
 ]
-OBJECTIVES = [Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")]
 FRACTIONS = (0.90, 0.95, 0.99)
 DEFAULT = "tpe (default)"
 
@@ -90,7 +88,7 @@ def setup(cache_path: Path) -> tuple[BoundSpace, Callable[[dict], dict], int]:
         assignment = bound.assignment(params)
         found = cache.get(assignment)
         if found is None:
-            mask = candidates.evaluator.correct(apply_assignment(candidates.model, assignment))
+            mask, _ = candidates.evaluator.correct(apply_assignment(candidates.model, assignment))
             energy = float(candidates.cost_table(candidates.model, assignment)["total_pj"].sum()) / 1e6
             found = {
                 "accuracy": float(mask.float().mean()),
@@ -117,83 +115,6 @@ def _product(lists: list[list]) -> list[tuple]:
     import itertools
 
     return list(itertools.product(*lists))
-
-
-@dataclass
-class Replay:
-    """One sampler run against the grid: after each new evaluation, its cost so far (images
-    evaluated) and the hypervolume fraction of the true front found; true-front points screened out."""
-
-    costs: list[int] = field(default_factory=list)
-    fractions: list[float] = field(default_factory=list)
-    true_front_pruned: int = 0
-    screened: int = 0
-
-
-def replay(
-    sampler: optuna.samplers.BaseSampler,
-    bound: BoundSpace,
-    table: pd.DataFrame,
-    reference: list[float],
-    true_hv: float,
-    budget: int,
-    screening: ScreeningRule | None = None,
-) -> Replay:
-    """Run ``sampler`` as dse runs it, every evaluation looked up in the grid (screening replayed on
-    each point's recorded per-image correctness: the same decision the search would take)."""
-    by_key = table.set_index("key")
-    n_images = int(table["n_images"].iloc[0])
-    seen: dict[str, tuple[float, float]] = {}  # complete evaluations
-    evaluated: set[str] = set()  # complete or screened out: never evaluated again
-    result, spent = Replay(), 0
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.enqueue_trial(bound.baseline_params())
-    exact = assignment_key({})
-
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        nonlocal spent
-        params = bound.suggest(trial)
-        key = assignment_key(bound.assignment(params))
-        if key in evaluated:
-            raise optuna.TrialPruned()  # as dse does: a repeat is not evaluated again
-        evaluated.add(key)
-        row = by_key.loc[key]
-        if screening is not None and key != exact:
-            mask = _unpack(row["correct"], n_images)
-            m = min(screening.first_images, n_images)
-            front = [list(t.values) for t in study.best_trials]
-            decision = screening.decide(int(mask[:m].sum()), m, n_images, {"energy_uj": float(row["energy_uj"])}, front)
-            spent += m
-            if decision.prune:
-                result.screened += 1
-                result.true_front_pruned += int(row["on_true_front"])
-                if len(evaluated) >= budget:
-                    trial.study.stop()
-                raise optuna.TrialPruned()
-        spent += n_images
-        seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))
-        points = normalized_points(np.array(list(seen.values())), OBJECTIVES, reference)
-        result.costs.append(spent)
-        result.fractions.append(hypervolume(points) / true_hv)
-        if len(evaluated) >= budget:
-            trial.study.stop()
-        return seen[key]
-
-    study.optimize(objective, n_trials=budget * 20)  # proposals, repeats included
-    return result
-
-
-def _unpack(hex_bits: str, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8))[:n].astype(bool)
-
-
-def trials_to(history: list[float], fraction: float) -> int | None:
-    return next((i + 1 for i, h in enumerate(history) if h >= fraction - 1e-12), None)
-
-
-def cost_to(run: Replay, fraction: float) -> int | None:
-    """Images evaluated (all trials so far, screened ones included) until ``fraction`` is reached."""
-    return next((c for c, h in zip(run.costs, run.fractions, strict=True) if h >= fraction - 1e-12), None)
 
 
 def samplers(
@@ -236,9 +157,7 @@ def main() -> None:
     reference = [0.0, 1.1 * float(base["energy_uj"])]
     values = table[["accuracy", "energy_uj"]].to_numpy()
     true_hv = hypervolume(normalized_points(values, OBJECTIVES, reference))
-    table["on_true_front"] = [
-        not any((o[0] >= v[0] and o[1] <= v[1]) and (o[0] > v[0] or o[1] < v[1]) for o in values) for v in values
-    ]
+    table["on_true_front"] = mark_true_front(table)
     seeds = args.seeds or (5 if args.quick else 10)
     budget = 200 if args.quick else len(table)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -249,6 +168,11 @@ def main() -> None:
         runs = [replay(make(seed), bound, table, reference, true_hv, budget) for seed in tqdm(range(seeds), desc=name)]
         curves[name] = [r.fractions for r in runs]
         rows.append(_row(name, seeds, [r.fractions for r in runs]))
+    seeded = [
+        replay(makers[DEFAULT](s), bound, table, reference, true_hv, budget, seed_uniform=True) for s in range(seeds)
+    ]
+    rows.append(_row(f"{DEFAULT} + uniform seeds", seeds, [r.fractions for r in seeded]))
+    curves[f"{DEFAULT} + uniform seeds"] = [r.fractions for r in seeded]
     result = pd.DataFrame(rows)
     # screening: the default sampler with and without it, in images evaluated (the wall time of a trial
     # is proportional to its images: the search set is evaluated batch by batch)

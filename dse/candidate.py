@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -17,13 +18,22 @@ from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
 from dse.emulation import EmulationPath, calibrate_ranges
-from dse.evaluation import Evaluator
+from dse.evaluation import AccuracyResult, Evaluator
 from dse.transform import apply_assignment
 
 if TYPE_CHECKING:  # dse.study imports this module
     from dse.study.screening import ScreeningDecision, ScreeningRule
 
-__all__ = ["CandidateEvaluator", "CandidateResult", "candidate_evaluator"]
+__all__ = ["CandidateEvaluator", "CandidateResult", "PartialEvaluation", "candidate_evaluator"]
+
+
+@dataclass(frozen=True)
+class PartialEvaluation:
+    """A candidate evaluated on its first images (screening): the model and per-image correctness."""
+
+    model: nn.Module
+    top1: torch.Tensor
+    top5: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -126,15 +136,29 @@ class CandidateEvaluator:
             "modeled_latency_us": float(table["latency_us"].sum()),
         }
 
-    def screen(self, assignment: Assignment, rule: ScreeningRule, front: list[list[float]]) -> ScreeningDecision:
-        """Evaluate the first ``rule.first_images`` images and decide whether the trial can stop there."""
-        correct = self.evaluator.correct(self.candidate(assignment), limit=rule.first_images)
-        costs = self.costs(self.cost_table(self.model, assignment))
-        return rule.decide(int(correct.sum()), len(correct), self.evaluator.n_images, costs, front)
-
-    def evaluate(self, assignment: Assignment, timing: bool = True) -> CandidateResult:
+    def screen(
+        self, assignment: Assignment, rule: ScreeningRule, front: list[list[float]]
+    ) -> tuple[ScreeningDecision, PartialEvaluation]:
+        """Evaluate the first ``rule.first_images`` images and decide whether the trial can stop there;
+        the partial evaluation lets :meth:`evaluate` finish the rest without redoing them."""
         candidate = self.candidate(assignment)
-        acc = self.evaluator.accuracy(candidate)
+        top1, top5 = self.evaluator.correct(candidate, stop=rule.first_images)
+        costs = self.costs(self.cost_table(self.model, assignment))
+        decision = rule.decide(int(top1.sum()), len(top1), self.evaluator.n_images, costs, front)
+        return decision, PartialEvaluation(candidate, top1, top5)
+
+    def evaluate(
+        self, assignment: Assignment, timing: bool = True, partial: PartialEvaluation | None = None
+    ) -> CandidateResult:
+        """Every metric of ``assignment``; ``partial``: its first images already evaluated by :meth:`screen`."""
+        if partial is None:
+            candidate = self.candidate(assignment)
+            acc = self.evaluator.accuracy(candidate)
+        else:  # the remaining images only: the same forward, each image once
+            candidate = partial.model
+            top1, top5 = self.evaluator.correct(candidate, start=len(partial.top1))
+            top1, top5 = torch.cat([partial.top1, top1]), torch.cat([partial.top5, top5])
+            acc = AccuracyResult(float(top1.float().mean()), float(top5.float().mean()), len(top1))
         table = self.cost_table(self.model, assignment)
         metrics = {
             "accuracy": acc.acc_top1,

@@ -125,21 +125,28 @@ class Evaluator:
         return self._timing_batches
 
     @torch.no_grad()
-    def correct(self, model: nn.Module, limit: int | None = None) -> torch.Tensor:
-        """Whether each test image, in loader order, is classified right (top-1), as a CPU bool tensor;
-        only the first ``limit`` images (whole batches, then cut) when given. The forward of
-        :meth:`accuracy` (same images, preprocessing and layout) without a Trainer, so a search can
-        read a candidate's accuracy a slice at a time (``dse.study.screening``)."""
+    def correct(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-1 and top-5 correctness of each test image in ``[start, stop)`` (loader order), CPU bool tensors.
+
+        The forward of :meth:`accuracy` (same images, preprocessing and layout) without a Trainer, so a
+        search can evaluate a candidate a slice at a time (``dse.study.screening``) and never twice.
+        """
         batches = self._batches()
         model = model.to(self.device).eval()
-        out, seen = [], 0
+        top1, top5, offset = [], [], 0
         for x, y in zip(batches, self._labels, strict=True):
-            if limit is not None and seen >= limit:
-                break
-            out.append((model(x).argmax(dim=1) == y).cpu())
-            seen += len(y)
-        result = torch.cat(out)
-        return result[:limit] if limit is not None else result
+            lo, hi = max(start - offset, 0), min((stop if stop is not None else offset + len(y)) - offset, len(y))
+            offset += len(y)
+            if hi <= lo:
+                if stop is not None and offset >= stop:
+                    break
+                continue
+            logits = model(x[lo:hi])
+            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1.append((best[:, 0] == y[lo:hi]).cpu())
+            top5.append((best == y[lo:hi, None]).any(dim=1).cpu())
+        empty = torch.zeros(0, dtype=torch.bool)
+        return (torch.cat(top1) if top1 else empty), (torch.cat(top5) if top5 else empty)
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """``calibration_images`` images picked with a seeded permutation, normalised, on the device."""

@@ -58,6 +58,7 @@ def _settings(cfg: DictConfig) -> StudySettings:
         max_duplicate_streak=study.max_duplicate_streak,
         max_failure_streak=study.max_failure_streak,
         timing=bool(study.measure_time),
+        seed_uniform=bool(study.seed_uniform),
     )
 
 

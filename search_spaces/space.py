@@ -90,6 +90,12 @@ class BoundSpace:
             raise ConfigError(f"Parameters {missing} have no 'exact' choice, so the baseline cannot be enqueued.")
         return {name: EXACT for name in self.params}
 
+    def uniform_params(self) -> list[dict[str, Choice]]:
+        """One assignment per choice, given to every parameter that has it (the rest exact): "all layers
+        at d" for each d. A study can start from these (``study.seed_uniform``)."""
+        choices = list(dict.fromkeys(c for knob, _ in self.params.values() for c in knob.choices if c != EXACT))
+        return [{name: (c if c in knob.choices else EXACT) for name, (knob, _) in self.params.items()} for c in choices]
+
     def grid(self) -> dict[str, list[Choice]]:
         return {name: list(knob.choices) for name, (knob, _) in self.params.items()}
 

@@ -20,10 +20,13 @@ def test_cached_results_equal_a_fresh_evaluation_and_a_new_context_misses(tmp_pa
     candidates = candidate_evaluator(cfg, model)
     assignment = {"features.2.0": LayerConfig(decimals=1), "features.4.0": LayerConfig(decimals=1)}
     fresh = candidates.evaluate(assignment, timing=False).metrics
-    correct = candidates.evaluator.correct(candidates.candidate(assignment))
+    correct, top5 = candidates.evaluator.correct(candidates.candidate(assignment))
     assert len(correct) == candidates.evaluator.n_images == 200
     assert float(correct.float().mean()) == pytest.approx(fresh["accuracy"], abs=1e-6)  # the Trainer's number
-    assert candidates.evaluator.correct(candidates.candidate(assignment), limit=50).tolist() == correct[:50].tolist()
+    assert float(top5.float().mean()) == pytest.approx(fresh["accuracy_top5"], abs=1e-6)
+    first, _ = candidates.evaluator.correct(candidates.candidate(assignment), stop=50)
+    rest, _ = candidates.evaluator.correct(candidates.candidate(assignment), start=50)
+    assert first.tolist() + rest.tolist() == correct.tolist()
 
     context = {"model": cfg.model.name, "images": 200}
     cache = EvaluationCache(tmp_path / "cache.sqlite", context)

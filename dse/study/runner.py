@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from dse.assignment import assignment_key
-from dse.candidate import CandidateEvaluator
+from dse.candidate import CandidateEvaluator, PartialEvaluation
 from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import MEASURED_TIME_METRICS, Objective
@@ -61,6 +61,7 @@ class StudySettings:
         max_duplicate_streak: stop after this many duplicate proposals in a row.
         max_failure_streak: stop after this many failed trials in a row (a broken setup, not bad luck).
         timing: measure inference time (needed if it is an objective).
+        seed_uniform: start with the uniform assignments (every parameter at one choice, for each choice).
     """
 
     n_trials: int
@@ -69,6 +70,7 @@ class StudySettings:
     max_duplicate_streak: int = 50
     max_failure_streak: int = 5
     timing: bool = True
+    seed_uniform: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
@@ -141,6 +143,9 @@ class StudyRunner:
         self._budget = budget
         self.study.set_user_attr("n_trials", budget)  # the budget, for summaries and dse.status
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
+        if self.settings.seed_uniform:  # then every "all layers at one choice" assignment
+            for params in self.space.uniform_params():
+                self.study.enqueue_trial(params, skip_if_exists=True)
         done = count_complete(self.study)
         if done >= budget:
             self._last_logged_step = done  # its points were logged when those trials completed
@@ -204,9 +209,8 @@ class StudyRunner:
             }
             run_id = self.tracker.start_trial(trial, {**params, **layer_params})
         try:
-            if self.screening is not None and key != BASELINE_KEY:
-                self._screen(trial, assignment, run_id)
-            result = self.candidates.evaluate(assignment, timing=self.settings.timing)
+            partial = self._screen(trial, assignment, run_id) if self.screening and key != BASELINE_KEY else None
+            result = self.candidates.evaluate(assignment, timing=self.settings.timing, partial=partial)
             metrics = result.metrics
             retraining = self.retraining if key != BASELINE_KEY else None  # the exact model: nothing to retrain
             if retraining is not None and retraining.wants(metrics, self.baseline_accuracy()):
@@ -234,7 +238,7 @@ class StudyRunner:
             self.tracker.end_trial(run_id, finite, tables={"layers.csv": result.layers})
         return [judged if o.name == RETRAINED else metrics[o.name] for o in self.settings.objectives]
 
-    def _screen(self, trial: optuna.Trial, assignment: dict, run_id: str | None) -> None:
+    def _screen(self, trial: optuna.Trial, assignment: dict, run_id: str | None) -> PartialEvaluation:
         """Raise TrialPruned (recorded with its partial accuracy, bound and reason) if the first images
         show the candidate cannot reach the current front."""
         assert self.screening is not None
@@ -242,12 +246,12 @@ class StudyRunner:
             limit = self.baseline_accuracy() - self.settings.max_accuracy_drop  # an infeasible trial: never on it
             self.screening = dataclasses.replace(self.screening, min_accuracy=limit)
         front = [list(t.values) for t in self.study.best_trials]
-        decision = self.candidates.screen(assignment, self.screening, front)
+        decision, partial = self.candidates.screen(assignment, self.screening, front)
         trial.set_user_attr("screening_partial_accuracy", decision.partial_accuracy)
         trial.set_user_attr("screening_upper_bound", decision.upper_bound)
         trial.set_user_attr("screening_images", decision.images_seen)
         if not decision.prune:
-            return
+            return partial
         trial.set_user_attr(_SCREENED_ATTR, decision.reason)
         if self.tracker is not None and run_id is not None:
             self.tracker.client.set_tag(run_id, "dse_pruned", "screening")

@@ -1,0 +1,120 @@
+"""Replaying a sampler against an exhaustively evaluated grid: how fast it finds the true front.
+
+Each point of the grid (a table with the assignment ``key``, ``accuracy``, ``energy_uj``, the
+per-image correctness ``correct`` as packed hex bits, ``n_images`` and ``on_true_front``) was
+evaluated once (``dse.evaluation_cache``). A sampler then runs as dse runs it, every evaluation
+looked up instead of computed: the all-exact baseline first, repeats pruned and not counted,
+optionally the uniform assignments first (``study.seed_uniform``) and screening
+(:mod:`dse.study.screening`) decided on each point's recorded first images, exactly as the
+search would. ``benchmarks/search_efficiency.py`` drives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from dse.assignment import assignment_key
+from dse.search_spaces import BoundSpace
+from dse.study.objectives import Objective
+from dse.study.screening import ScreeningRule
+from dse.tracking.pareto import hypervolume, normalized_points
+
+__all__ = ["OBJECTIVES", "Replay", "cost_to", "mark_true_front", "replay", "trials_to", "unpack_correct"]
+
+OBJECTIVES = [Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")]
+
+
+def mark_true_front(table: pd.DataFrame) -> pd.Series:
+    """Whether each grid point is non-dominated in (accuracy up, energy down)."""
+    values = table[["accuracy", "energy_uj"]].to_numpy()
+    return pd.Series(
+        [not any((o[0] >= v[0] and o[1] <= v[1]) and (o[0] > v[0] or o[1] < v[1]) for o in values) for v in values],
+        index=table.index,
+    )
+
+
+@dataclass
+class Replay:
+    """One sampler run against the grid: after each new evaluation, its cost so far (images
+    evaluated) and the hypervolume fraction of the true front found; true-front points screened out."""
+
+    costs: list[int] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=list)
+    true_front_pruned: int = 0
+    screened: int = 0
+
+
+def replay(
+    sampler: optuna.samplers.BaseSampler,
+    bound: BoundSpace,
+    table: pd.DataFrame,
+    reference: list[float],
+    true_hv: float,
+    budget: int,
+    screening: ScreeningRule | None = None,
+    seed_uniform: bool = False,
+) -> Replay:
+    """Run ``sampler`` as dse runs it, every evaluation looked up in the grid (screening replayed on
+    each point's recorded per-image correctness: the same decision the search would take)."""
+    by_key = table.set_index("key")
+    n_images = int(table["n_images"].iloc[0])
+    seen: dict[str, tuple[float, float]] = {}  # complete evaluations
+    evaluated: set[str] = set()  # complete or screened out: never evaluated again
+    result, spent = Replay(), 0
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.enqueue_trial(bound.baseline_params())
+    for params in bound.uniform_params() if seed_uniform else []:  # study.seed_uniform
+        study.enqueue_trial(params)
+    exact = assignment_key({})
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        nonlocal spent
+        params = bound.suggest(trial)
+        key = assignment_key(bound.assignment(params))
+        if key in evaluated:
+            raise optuna.TrialPruned()  # as dse does: a repeat is not evaluated again
+        evaluated.add(key)
+        row = by_key.loc[key]
+        if screening is not None and key != exact:
+            mask = unpack_correct(row["correct"], n_images)
+            m = min(screening.first_images, n_images)
+            front = [list(t.values) for t in study.best_trials]
+            decision = screening.decide(int(mask[:m].sum()), m, n_images, {"energy_uj": float(row["energy_uj"])}, front)
+            spent += m
+            if decision.prune:
+                result.screened += 1
+                result.true_front_pruned += int(row["on_true_front"])
+                if len(evaluated) >= budget:
+                    trial.study.stop()
+                raise optuna.TrialPruned()
+            spent -= m  # a survivor's first images are not evaluated again (CandidateEvaluator.evaluate)
+        spent += n_images
+        seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))
+        points = normalized_points(np.array(list(seen.values())), OBJECTIVES, reference)
+        result.costs.append(spent)
+        result.fractions.append(hypervolume(points) / true_hv)
+        if len(evaluated) >= budget:
+            trial.study.stop()
+        return seen[key]
+
+    study.optimize(objective, n_trials=budget * 20)  # proposals, repeats included
+    return result
+
+
+def unpack_correct(hex_bits: str, n: int) -> np.ndarray:
+    """Per-image correctness from its packed hex bits."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8))[:n].astype(bool)
+
+
+def trials_to(history: list[float], fraction: float) -> int | None:
+    """Evaluations until the hypervolume fraction first reaches ``fraction`` (None: never)."""
+    return next((i + 1 for i, h in enumerate(history) if h >= fraction - 1e-12), None)
+
+
+def cost_to(run: Replay, fraction: float) -> int | None:
+    """Images evaluated (all trials so far, screened ones included) until ``fraction`` is reached."""
+    return next((c for c, h in zip(run.costs, run.fractions, strict=True) if h >= fraction - 1e-12), None)
