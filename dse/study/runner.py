@@ -210,7 +210,12 @@ class StudyRunner:
             run_id = self.tracker.start_trial(trial, {**params, **layer_params})
         try:
             partial = self._screen(trial, assignment, run_id) if self.screening and key != BASELINE_KEY else None
-            result = self.candidates.evaluate(assignment, timing=self.settings.timing, partial=partial)
+            timing = self.settings.timing
+            result = (
+                self.candidates.evaluate(assignment, timing=timing, partial=partial)
+                if partial is not None
+                else self.candidates.evaluate(assignment, timing=timing)
+            )
             metrics = result.metrics
             retraining = self.retraining if key != BASELINE_KEY else None  # the exact model: nothing to retrain
             if retraining is not None and retraining.wants(metrics, self.baseline_accuracy()):
