@@ -46,6 +46,7 @@ class Replay:
     fractions: list[float] = field(default_factory=list)
     true_front_pruned: int = 0
     screened: int = 0
+    spent: int = 0  # images evaluated by the whole run (screened trials included)
 
 
 def replay(
@@ -102,6 +103,7 @@ def replay(
         return seen[key]
 
     study.optimize(objective, n_trials=budget * 20)  # proposals, repeats included
+    result.spent = spent
     return result
 
 
