@@ -118,7 +118,7 @@ def _product(lists: list[list]) -> list[tuple]:
 
 
 def samplers(
-    quick: bool, sampler_cfg: object, bound: BoundSpace
+    quick: bool, sampler_cfg: object, bound: BoundSpace, gp: bool = False
 ) -> dict[str, Callable[[int], optuna.samplers.BaseSampler]]:
     def default(seed: int) -> optuna.samplers.BaseSampler:
         cfg = OmegaConf.merge(sampler_cfg, {"seed": seed})
@@ -132,6 +132,8 @@ def samplers(
     if not quick:
         found["tpe (independent)"] = lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=10)
         found["nsga2 (population 8)"] = lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=8)
+
+    if gp:  # Optuna's Gaussian-process sampler: minutes per trial here once it holds a few hundred
         found["gp"] = lambda s: optuna.samplers.GPSampler(seed=s)
     return found
 
@@ -144,6 +146,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--first-images", type=int, default=250, help="screening: images before deciding")
     parser.add_argument("--out", default="search_efficiency")
+    parser.add_argument(
+        "--gp", action="store_true", help="also Optuna's GPSampler (slow: its fit grows with the trials)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -162,7 +167,7 @@ def main() -> None:
     budget = 200 if args.quick else min(300, len(table))  # every sampler is past 99% well before
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         sampler_cfg = compose("config", GRID).sampler
-    makers = samplers(args.quick, sampler_cfg, bound)
+    makers = samplers(args.quick, sampler_cfg, bound, args.gp)
     rows, curves = [], {}
     for name, make in makers.items():
         runs = [replay(make(seed), bound, table, reference, true_hv, budget) for seed in tqdm(range(seeds), desc=name)]
