@@ -82,10 +82,12 @@ def run_search(cfg: DictConfig) -> SearchResult:
     storage = instantiate(cfg.storage)
     where = describe_storage(cfg.storage.url)
     study = open_study(cfg.study.name, storage, build_sampler(cfg.sampler, bound), objectives, bound, where)
-    if study.trials and cfg.sampler.get("seed") is not None:
+    grid = str(cfg.sampler.get("_target_", "")).endswith("GridSampler")
+    if study.trials and cfg.sampler.get("seed") is not None and not grid:
         # A resumed study (or a worker joining one) must not replay the draws of the process that started
         # it: the same seed would propose the same points again, all pruned as duplicates. Shift the seed
-        # by the trials already there: still reproducible from the study's state.
+        # by the trials already there: still reproducible from the study's state. (Not the grid sampler:
+        # its seed fixes the order its stored grid ids refer to, and it never proposes a point twice.)
         shifted = OmegaConf.merge(cfg.sampler, {"seed": int(cfg.sampler.seed) + len(study.trials)})
         study.sampler = build_sampler(shifted, bound)  # type: ignore[arg-type]
     _logger.info(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -13,6 +20,7 @@ from dse.exceptions import ConfigError
 from dse.search import run_search
 from dse.study.objectives import Objective
 from dse.study.screening import ScreeningRule, binomial_cdf, clopper_pearson_upper
+from dse.study.storage import create_storage
 from tests.conftest import compose_config
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")]
@@ -92,3 +100,51 @@ def test_screening_never_prunes_a_point_of_the_true_front_and_resumes(workdir: P
             t.user_attrs["screening_images"] == 200
             and t.user_attrs["screening_upper_bound"] >= t.user_attrs["screening_partial_accuracy"]
         )
+
+
+@pytest.mark.slow
+def test_a_killed_screened_study_resumes_without_evaluating_anything_twice(workdir: Path) -> None:
+    """SIGKILL mid-trial of a study with screening on; the re-run finishes the budget, the screened-out
+    trials stay PRUNED, and no assignment is evaluated (in full or screened) twice."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "dse.search",
+        *SEARCH[:4],  # quickstart, objectives without a measured time, no tracking
+        "study.n_trials=10",
+        "sampler=tpe",
+        "data.test_subset=1000",
+        "screening.enabled=true",
+        "screening.first_images=200",
+        "storage.heartbeat_interval=1",
+        "storage.grace_period=2",
+    ]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = workdir / "mlruns" / "optuna.db"
+    deadline, done, running = time.time() + 240, 0, 0
+    while time.time() < deadline and not (done >= 3 and running == 1):
+        time.sleep(0.2)
+        if db.exists():
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db, timeout=5) as con:
+                counts = dict(con.execute("select state, count(*) from trials group by state").fetchall())
+                done, running = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
+    assert done >= 3 and running == 1, "the first run never got into its fourth trial"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage = create_storage(f"sqlite:///{db}")
+    before = {t.number: t.state for t in optuna.load_study(study_name="quickstart", storage=storage).trials}
+    time.sleep(3)  # past the grace period
+    rerun = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 10
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    for number, state in before.items():  # what finished before the kill stays as it was
+        if state in (TrialState.COMPLETE, TrialState.PRUNED):
+            assert study.trials[number].state == state
+    evaluated = [
+        t.user_attrs["assignment_key"]
+        for t in study.trials
+        if t.state == TrialState.COMPLETE or "screening_reason" in t.user_attrs
+    ]
+    assert len(evaluated) == len(set(evaluated))
