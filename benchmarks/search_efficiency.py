@@ -24,6 +24,7 @@ Last line: ``trials_to_95pct=<median for the default sampler> grid=<size> true_f
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 import dse
-from dse.assignment import assignment_key
+from dse.assignment import BASELINE_KEY, assignment_key
 from dse.candidate import candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation_cache import EvaluationCache, file_digest
@@ -104,17 +105,11 @@ def setup(cache_path: Path) -> tuple[BoundSpace, Callable[[dict], dict], int]:
 def build_grid(bound: BoundSpace, evaluate: Callable[[dict], dict]) -> pd.DataFrame:
     grid = bound.grid()
     names = list(grid)
-    combos = [dict(zip(names, values, strict=True)) for values in _product([grid[n] for n in names])]
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
     rows = []
     for params in tqdm(combos, desc="grid", unit="assignment"):
         rows.append({"key": assignment_key(bound.assignment(params)), **params, **evaluate(params)})
     return pd.DataFrame(rows)
-
-
-def _product(lists: list[list]) -> list[tuple]:
-    import itertools
-
-    return list(itertools.product(*lists))
 
 
 def samplers(
@@ -158,7 +153,7 @@ def main() -> None:
         print(f"grid={len(table)} cached in {args.cache}")
         return
     table["n_images"] = n_images
-    base = table[table["key"] == assignment_key({})].iloc[0]
+    base = table[table["key"] == BASELINE_KEY].iloc[0]
     reference = [0.0, 1.1 * float(base["energy_uj"])]
     values = table[["accuracy", "energy_uj"]].to_numpy()
     true_hv = hypervolume(normalized_points(values, OBJECTIVES, reference))

@@ -18,6 +18,7 @@ from dse.numerics.decimal_places import check_decimals
 from dse.numerics.formats import parse_format
 
 __all__ = [
+    "BASELINE_KEY",
     "TARGETABLE_TYPES",
     "Assignment",
     "LayerConfig",
@@ -101,3 +102,6 @@ def assignment_key(assignment: Assignment) -> str:
         if not cfg.is_exact
     ]
     return ";".join(parts) or "exact"
+
+
+BASELINE_KEY = assignment_key({})  # the all-exact model's key: the baseline trial of every study

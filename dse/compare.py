@@ -22,14 +22,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from dse.assignment import assignment_key
+from dse.assignment import BASELINE_KEY
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.study.objectives import Objective
 from dse.study.storage import describe_storage
 from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.tracking.pareto import axis_label, axis_scale, hypervolume, normalized_points, staircase
+from dse.tracking.pareto import axis_label, axis_scale, hypervolume, is_feasible, normalized_points, staircase
 
 __all__ = ["Comparison", "compare_studies", "run_compare"]
 
@@ -45,12 +45,10 @@ class Comparison:
 
 
 def _trials(study: optuna.Study, x: str, y: str) -> pd.DataFrame:
-    exact = assignment_key({})
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        constraints = t.system_attrs.get("constraints")
-        if constraints and any(c > 0 for c in constraints):
-            continue  # infeasible: never on a front
+        if not is_feasible(t):
+            continue  # never on a front
         if x not in t.user_attrs or y not in t.user_attrs:
             raise ConfigError(f"Study {study.study_name!r}: trial {t.number} has no {x!r} or {y!r} recorded.")
         rows.append(
@@ -59,7 +57,7 @@ def _trials(study: optuna.Study, x: str, y: str) -> pd.DataFrame:
                 "trial": t.number,
                 x: float(t.user_attrs[x]),
                 y: float(t.user_attrs[y]),
-                "baseline": t.user_attrs.get("assignment_key") == exact,
+                "baseline": t.user_attrs.get("assignment_key") == BASELINE_KEY,
             }
         )
     return pd.DataFrame(rows, columns=["study", "trial", x, y, "baseline"])

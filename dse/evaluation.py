@@ -133,13 +133,14 @@ class Evaluator:
         """
         batches = self._batches()
         model = model.to(self.device).eval()
-        top1, top5, offset = [], [], 0
+        end = stop if stop is not None else self.n_images
+        top1, top5, first = [], [], 0  # first: index of the batch's first image
         for x, y in zip(batches, self._labels, strict=True):
-            lo, hi = max(start - offset, 0), min((stop if stop is not None else offset + len(y)) - offset, len(y))
-            offset += len(y)
+            if first >= end:
+                break
+            lo, hi = max(start, first) - first, min(end, first + len(y)) - first
+            first += len(y)
             if hi <= lo:
-                if stop is not None and offset >= stop:
-                    break
                 continue
             logits = model(x[lo:hi])
             best = logits.topk(min(5, logits.shape[1]), dim=1).indices

@@ -17,11 +17,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from dse.assignment import assignment_key
+from dse.assignment import BASELINE_KEY, assignment_key
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import Objective
 from dse.study.screening import ScreeningRule
-from dse.tracking.pareto import hypervolume, normalized_points
+from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
 
 __all__ = ["OBJECTIVES", "Replay", "cost_to", "mark_true_front", "replay", "trials_to", "unpack_correct"]
 
@@ -30,11 +30,7 @@ OBJECTIVES = [Objective("accuracy", "maximize"), Objective("energy_uj", "minimiz
 
 def mark_true_front(table: pd.DataFrame) -> pd.Series:
     """Whether each grid point is non-dominated in (accuracy up, energy down)."""
-    values = table[["accuracy", "energy_uj"]].to_numpy()
-    return pd.Series(
-        [not any((o[0] >= v[0] and o[1] <= v[1]) and (o[0] > v[0] or o[1] < v[1]) for o in values) for v in values],
-        index=table.index,
-    )
+    return pd.Series(non_dominated(table["accuracy"], table["energy_uj"]), index=table.index)
 
 
 @dataclass
@@ -70,7 +66,6 @@ def replay(
     study.enqueue_trial(bound.baseline_params())
     for params in bound.uniform_params() if seed_uniform else []:  # study.seed_uniform
         study.enqueue_trial(params)
-    exact = assignment_key({})
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         nonlocal spent
@@ -80,7 +75,7 @@ def replay(
             raise optuna.TrialPruned()  # as dse does: a repeat is not evaluated again
         evaluated.add(key)
         row = by_key.loc[key]
-        if screening is not None and key != exact:
+        if screening is not None and key != BASELINE_KEY:
             mask = unpack_correct(row["correct"], n_images)
             m = min(screening.first_images, n_images)
             front = [list(t.values) for t in study.best_trials]

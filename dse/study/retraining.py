@@ -23,13 +23,14 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from dse.assignment import Assignment, assignment_key
+from dse.assignment import BASELINE_KEY, Assignment, assignment_key
 from dse.candidate import CandidateEvaluator
 from dse.exceptions import ConfigError
 from dse.retraining import RetrainResult, retrain_candidate
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import Objective
 from dse.tracking.mlflow_tracker import MlflowTracker
+from dse.tracking.pareto import non_dominated
 
 __all__ = ["RETRAINED", "SearchRetraining", "check_retrain_settings", "retrained_accuracy", "retrained_front"]
 
@@ -119,8 +120,8 @@ class SearchRetraining:
 
     def retrain_front(self, study: optuna.Study) -> pd.DataFrame:
         """on=front: retrain every Pareto trial not retrained yet; the front before and after, one row a trial."""
-        exact = assignment_key({})  # the all-exact model has nothing to retrain
-        front = [t for t in study.best_trials if assignment_key(self.space.assignment(t.params)) != exact]
+        # the all-exact model has nothing to retrain
+        front = [t for t in study.best_trials if assignment_key(self.space.assignment(t.params)) != BASELINE_KEY]
         _logger.info("Retraining %d Pareto trial(s) of %r", len(front), study.study_name)
         for i, trial in enumerate(front, 1):
             if retrained_accuracy(study, trial) is not None:
@@ -136,11 +137,10 @@ def retrained_front(study: optuna.Study) -> pd.DataFrame:
     """Every retrained trial of ``study`` (and the all-exact baseline): accuracy before and after, energy,
     and whether each is on the front before (Optuna's) and after (recomputed on accuracy after x energy)."""
     on_front = {t.number for t in study.best_trials}
-    exact = assignment_key({})
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         after = retrained_accuracy(study, t)
-        if t.user_attrs.get("assignment_key") == exact:
+        if t.user_attrs.get("assignment_key") == BASELINE_KEY:
             after = float(t.user_attrs["accuracy"])  # the exact model: nothing to retrain
         if after is None:
             continue
@@ -151,16 +151,9 @@ def retrained_front(study: optuna.Study) -> pd.DataFrame:
                 RETRAINED: after,
                 "energy_uj": float(t.user_attrs["energy_uj"]),
                 "pareto_before": t.number in on_front,
-                "baseline": t.user_attrs.get("assignment_key") == exact,
+                "baseline": t.user_attrs.get("assignment_key") == BASELINE_KEY,
             }
         )
     table = pd.DataFrame(rows, columns=["trial", "accuracy", RETRAINED, "energy_uj", "pareto_before", "baseline"])
-    table["pareto_after"] = [
-        not any(
-            (o[RETRAINED] >= r[RETRAINED] and o.energy_uj <= r.energy_uj)
-            and (o[RETRAINED] > r[RETRAINED] or o.energy_uj < r.energy_uj)
-            for _, o in table.iterrows()
-        )
-        for _, r in table.iterrows()
-    ]
+    table["pareto_after"] = non_dominated(table[RETRAINED], table["energy_uj"])
     return table.sort_values("energy_uj", ignore_index=True) if not table.empty else table

@@ -30,7 +30,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from dse.assignment import assignment_key
+from dse.assignment import BASELINE_KEY, assignment_key
 from dse.candidate import CandidateEvaluator, PartialEvaluation
 from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
@@ -44,7 +44,6 @@ from dse.tracking.pareto import front_table, hypervolume, normalized_points
 __all__ = ["BASELINE_KEY", "StudyRunner", "StudySettings"]
 
 _logger = logging.getLogger(__name__)
-BASELINE_KEY = assignment_key({})
 _KEY_ATTR = "assignment_key"
 _REFERENCE_ATTR = "hypervolume_reference"
 _SCREENED_ATTR = "screening_reason"  # a trial stopped by screening: its assignment counts as evaluated
@@ -141,7 +140,7 @@ class StudyRunner:
             )
             budget = self.space.size
         self._budget = budget
-        self.study.set_user_attr("n_trials", budget)  # the budget, for summaries and dse.status
+        self.study.set_user_attr("n_trials", budget)  # the budget, for the summary on the parent run
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
         if self.settings.seed_uniform:  # then every "all layers at one choice" assignment
             for params in self.space.uniform_params():
@@ -163,7 +162,8 @@ class StudyRunner:
     def _duplicate_of(self, key: str, number: int) -> int | None:
         """The trial that evaluated (or is evaluating) the assignment ``key`` before trial ``number``.
 
-        FAIL and PRUNED trials never count; a RUNNING one counts only if it is live
+        FAIL trials and PRUNED duplicates never count (a trial stopped by screening does: its assignment
+        was evaluated); a RUNNING one counts only if it is live
         (``running_is_live``), started earlier, and is not a trial this one retries.
         """
         trials = self.study.get_trials(

@@ -18,8 +18,11 @@ if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotati
 __all__ = [
     "axis_label",
     "axis_scale",
+    "baseline_rows",
     "front_table",
     "hypervolume",
+    "is_feasible",
+    "non_dominated",
     "normalized_points",
     "plot_front_html",
     "plot_front_png",
@@ -30,9 +33,23 @@ __all__ = [
 ]
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether the trial met every constraint it set (``trial.set_constraint``; none: feasible)."""
+    constraints = trial.system_attrs.get("constraints")  # Optuna's key for them
+    return not constraints or all(c <= 0 for c in constraints)
+
+
+def non_dominated(better: np.ndarray, cheaper: np.ndarray) -> np.ndarray:
+    """Whether each point is non-dominated for (maximise ``better``, minimise ``cheaper``); equal points
+    do not dominate each other."""
+    b, c = np.asarray(better, dtype=float), np.asarray(cheaper, dtype=float)
+    weakly = (b[None, :] >= b[:, None]) & (c[None, :] <= c[:, None])  # [i, j]: j at least as good as i
+    strictly = (b[None, :] > b[:, None]) | (c[None, :] < c[:, None])
+    return np.asarray(~(weakly & strictly).any(axis=1))
+
+
 def _row(trial: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, object]:
-    constraints = trial.system_attrs.get("constraints")  # Optuna's key for trial.set_constraint
-    row: dict[str, object] = {"trial": trial.number, "feasible": not constraints or all(c <= 0 for c in constraints)}
+    row: dict[str, object] = {"trial": trial.number, "feasible": is_feasible(trial)}
     row.update({o.name: v for o, v in zip(objectives, trial.values or [], strict=False)})
     row.update({k: v for k, v in trial.user_attrs.items() if k not in row})
     row.update({f"param.{k}": v for k, v in trial.params.items()})
@@ -128,10 +145,11 @@ def staircase(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return d[d[y] > d[y].cummax().shift(fill_value=-np.inf)]
 
 
-def _baseline(df: pd.DataFrame) -> pd.DataFrame:
-    from dse.assignment import assignment_key
+def baseline_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The all-exact baseline's row of a :func:`trials_table` (none if the table has no keys)."""
+    from dse.assignment import BASELINE_KEY
 
-    return df[df["assignment_key"] == assignment_key({})] if "assignment_key" in df else df.iloc[:0]
+    return df[df["assignment_key"] == BASELINE_KEY] if "assignment_key" in df else df.iloc[:0]
 
 
 def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path) -> Path:
@@ -146,7 +164,7 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
     pairs = projections(all_trials, objectives)
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
-    base = _baseline(all_trials)
+    base = baseline_rows(all_trials)
     for ax, (x, y) in zip(axes[0], pairs, strict=False):
         sx, sy = axis_scale(x), axis_scale(y)
         ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
@@ -180,8 +198,7 @@ def plot_retrained_front_png(table: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
     for col, colour, label in (("accuracy", "0.55", "before retraining"), ("accuracy_retrained", "tab:red", "after")):
         ax.scatter(table["energy_uj"], 100 * table[col], s=18, c=colour, label=label, zorder=3)
-        best = table.sort_values(["energy_uj", col], ascending=[True, False])
-        stairs = best[best[col] >= best[col].cummax()]  # non-dominated in (energy, this accuracy)
+        stairs = staircase(table, "energy_uj", col)
         ax.step(stairs["energy_uj"], 100 * stairs[col], where="post", c=colour, lw=1, alpha=0.8)
     baseline = table["baseline"].astype(bool) if "baseline" in table else pd.Series(False, index=table.index)
     if baseline.any():
@@ -236,7 +253,7 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
     fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.12)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
     dominated = all_trials[~all_trials["trial"].isin(on_front)]
-    base = _baseline(all_trials)
+    base = baseline_rows(all_trials)
     for col, (x, y) in enumerate(pairs, 1):
         sx, sy, first = axis_scale(x), axis_scale(y), col == 1
         layers = [

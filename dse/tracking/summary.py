@@ -10,6 +10,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from dse.tracking.pareto import baseline_rows
+
 if TYPE_CHECKING:
     from dse.study.objectives import Objective
 
@@ -52,12 +54,8 @@ def study_summary(
         f"- Pareto front: {len(front)} trials (`pareto/pareto_front.csv`, plots in `pareto/`; "
         "filter the runs with `tags.pareto = 'true'`)",
     ]
-    from dse.assignment import assignment_key
-
-    base = (
-        all_trials[all_trials.get("assignment_key") == assignment_key({})] if "assignment_key" in all_trials else None
-    )
-    if base is not None and not base.empty and "energy_uj" in all_trials and "accuracy" in all_trials:
+    base = baseline_rows(all_trials)
+    if not base.empty and "energy_uj" in all_trials and "accuracy" in all_trials:
         b = base.iloc[0]
         lines.append(
             f"- exact baseline (trial {int(b['trial'])}): top-1 {100 * b['accuracy']:.2f}%, {b['energy_uj']:.4g} uJ"
