@@ -2,7 +2,8 @@
 
 - SQLite URLs are made absolute when a store is opened: both libraries cache
   stores by URL, so a relative one would stick to the first working directory.
-- Workers started together race to create a store's tables; the loser retries.
+- Workers started together race to create a store's tables, or to write the same row (a tag both
+  set at once); the loser retries.
 """
 
 from __future__ import annotations
@@ -41,6 +42,6 @@ def retry_on_race(fn: Callable[[], T], is_race: Callable[[Exception], bool], att
         except Exception as exc:
             if attempt + 1 == attempts or not is_race(exc):
                 raise
-            _logger.info("Another worker is creating the store; retrying (%s)", type(exc).__name__)
+            _logger.info("Another worker wrote to the store at the same moment; retrying (%s)", type(exc).__name__)
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")

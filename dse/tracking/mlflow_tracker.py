@@ -10,6 +10,7 @@ Everything goes through :class:`mlflow.MlflowClient`: no process-global active r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import tempfile
@@ -250,7 +251,12 @@ class MlflowTracker:
             run_id = t.user_attrs.get("mlflow_run_id")
             on = t.number in front
             if run_id and self._pareto_tags.get(run_id) != on:
-                self.client.set_tag(run_id, "pareto", "true" if on else "false")
+                # several workers tag the same runs: MLflow's insert-if-absent races on SQL stores
+                # (UNIQUE constraint failed); the retry finds the row and updates it
+                retry_on_race(
+                    functools.partial(self.client.set_tag, run_id, "pareto", "true" if on else "false"),
+                    lambda exc: "UNIQUE constraint" in str(exc) or "duplicate key" in str(exc),
+                )
                 self._pareto_tags[run_id] = on
 
     def log_standalone_run(
