@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from dse.exceptions import DSEError
+from dse.interrupt import Interrupted
 
 __all__ = ["run_command"]
 
@@ -28,7 +29,8 @@ def _quiet_third_party_logs() -> None:
 
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bool = True) -> Any:
     """Run ``command(cfg)``; a DSEError (even one raised inside Hydra's instantiate) becomes
-    its one-paragraph message and exit status 2, with no traceback. ``quiet`` silences
+    its one-paragraph message and exit status 2, with no traceback; a SIGINT/SIGTERM the
+    command turned into :class:`Interrupted` exits 130/143 without one. ``quiet`` silences
     Lightning's and Optuna's per-step logs (searches show their own progress)."""
     if quiet:
         _quiet_third_party_logs()
@@ -42,3 +44,7 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bo
     except DSEError as exc:
         _logger.error("%s", exc)
         raise SystemExit(2) from None
+    except Interrupted as exc:
+        if not exc.reported:
+            _logger.warning("Interrupted by %s before anything was computed.", exc)
+        raise SystemExit(exc.exit_code) from None

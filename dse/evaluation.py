@@ -22,6 +22,7 @@ from torch import nn
 
 from dse.exceptions import ConfigError
 from dse.training.classifier import ImageClassifier
+from dse.workers import allocated_threads
 
 __all__ = ["AccuracyResult", "Evaluator", "TimingResult", "default_device"]
 
@@ -63,7 +64,8 @@ class Evaluator:
         accelerator: Lightning accelerator (``"auto"``: GPU when present).
         channels_last: evaluate in NHWC (faster for convolutions on CPU and GPU).
         timing_repeats: full timed passes per model (median reported).
-        threads: torch intra-op threads for evaluation, or None to leave torch's setting.
+        threads: torch intra-op threads, or None: the CPUs of this worker's SLURM allocation
+            (``SLURM_CPUS_PER_TASK``) if any, else torch's default (see :mod:`dse.workers`).
         calibration_images: images (a seeded random selection of the evaluation set: its
             files may be class-major) over which activation ranges are measured once.
         calibration_seed: seed of that selection.
@@ -89,6 +91,7 @@ class Evaluator:
         self.timing_repeats = timing_repeats
         self.calibration_images = calibration_images
         self.calibration_seed = calibration_seed
+        threads = allocated_threads(threads)
         if threads:
             torch.set_num_threads(threads)
         datamodule.setup("test")

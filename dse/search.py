@@ -7,6 +7,7 @@ what tests and other tools call. Each config group is instantiated as it names
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections import Counter
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from dse.candidate import candidate_evaluator
 from dse.cli import run_command
 from dse.config_paths import CONFIG_DIR
+from dse.interrupt import Interrupted, stop_on_signals
 from dse.search_spaces import SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
 from dse.study.create import open_study
@@ -35,6 +37,7 @@ from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import front_table, plot_retrained_front_png
 from dse.training.weights import build_trained_model
+from dse.workers import sole_sqlite_worker
 
 __all__ = ["SearchResult", "main", "run_search"]
 
@@ -63,7 +66,17 @@ def _settings(cfg: DictConfig) -> StudySettings:
 
 
 def run_search(cfg: DictConfig) -> SearchResult:
-    """Run the study described by ``cfg`` until its trial budget is complete."""
+    """Run the study described by ``cfg`` until its trial budget is complete.
+
+    SIGINT/SIGTERM stop it cleanly (:mod:`dse.interrupt`): the running trial is failed and
+    queued again, the runs are closed, the front is written, and :class:`Interrupted` is raised
+    (``python -m dse.search`` exits 130/143). A SQLite study takes one worker at a time.
+    """
+    with stop_on_signals(), contextlib.ExitStack() as held:
+        return _run_search(cfg, held)
+
+
+def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
     settings = _settings(cfg)
     objectives = list(settings.objectives)
     check_retrain_settings(cfg.retrain, objectives)
@@ -79,6 +92,7 @@ def run_search(cfg: DictConfig) -> SearchResult:
         bound = prune_space(bound, load_sensitivity(cfg.pruning.table), float(cfg.pruning.max_drop_points))
     candidates = candidate_evaluator(cfg, model)
     evaluator = candidates.evaluator
+    held.enter_context(sole_sqlite_worker(str(cfg.storage.url)))  # after validation: bad input creates nothing
     storage = instantiate(cfg.storage)
     where = describe_storage(cfg.storage.url)
     study = open_study(cfg.study.name, storage, build_sampler(cfg.sampler, bound), objectives, bound, where)
@@ -152,8 +166,11 @@ def run_search(cfg: DictConfig) -> SearchResult:
             merged = front_table(study, objectives).merge(final, on="trial", how="left")
             tracker.log_table(tracker.parent_run_id, merged, "pareto_front_final.csv", artifact_path="pareto")
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except Interrupted as exc:
         status = "KILLED"
+        runner.publish(count_complete(study), final=True)  # the front of what completed, plots included
+        _logger.warning(interrupted_message(study, runner, exc))
+        exc.reported = True
         raise
     finally:
         if tracker is not None:
@@ -161,6 +178,19 @@ def run_search(cfg: DictConfig) -> SearchResult:
     front = front_table(study, objectives)
     _logger.info(end_of_search_message(study, front, tracker))
     return SearchResult(study, front, tracker.parent_run_id if tracker else None)
+
+
+def interrupted_message(study: optuna.Study, runner: StudyRunner, exc: Interrupted) -> str:
+    """One line: what a signal stopped, what is kept, how to resume."""
+    stopped = (
+        f"; trial {runner.interrupted_trial} was stopped and will be retried"
+        if runner.interrupted_trial is not None
+        else ""
+    )
+    return (
+        f"Interrupted by {exc}: {count_complete(study)}/{runner.settings.n_trials} trials complete in study "
+        f"{study.study_name!r}{stopped}. Re-run the same command to resume."
+    )
 
 
 def _assignment_summary(params: dict[str, object]) -> str:

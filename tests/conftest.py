@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dse.config_paths import CONFIG_DIR
+from tests.services import postgres, slurm  # noqa: F401  (fixtures: PostgreSQL and SLURM on 127.0.0.1)
 
 # The offline CIFAR-10 copy sits beside the checkout (../shared), in CI too.
 CIFAR10_NPZ = Path(

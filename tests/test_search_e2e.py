@@ -255,7 +255,7 @@ def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) 
     assert proc.returncode != 0 and "corrupt" in proc.stderr + proc.stdout
     # a changed search space against the existing study is refused, and the study is intact
     proc = run_cli(workdir, "study=quickstart", "space=decimal_places_uniform", *FAST)
-    assert proc.returncode != 0 and "pick a new study.name" in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "start a new study: study.name=quickstart-2" in proc.stderr + proc.stdout
     assert len(complete(load(workdir))) == 2
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("dse").experiment_id])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -18,8 +20,13 @@ def _objective(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", 0, 1)
 
 
-def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path: Path) -> None:
-    storage = create_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+# a database's heartbeat, and a journal file's leases: the same recovery
+URLS = pytest.mark.parametrize("url", ["sqlite:///{}/s.db", "journal:///{}/s.log"], ids=["sqlite", "journal"])
+
+
+@URLS
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path: Path, url: str) -> None:
+    storage = create_storage(url.format(tmp_path), heartbeat_interval=1, grace_period=1)
     assert has_heartbeat(storage)
     study = optuna.create_study(storage=storage, study_name="s")
     # what a worker leaves when it dies inside study.ask() (sampling), before the heartbeat thread starts
@@ -36,8 +43,9 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_pat
     assert next(t for t in retries if t.system_attrs["failed_trial"] == dead.number).params == {"x": dead.params["x"]}
 
 
-def test_a_beating_trial_is_never_failed(tmp_path: Path) -> None:
-    storage = create_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+@URLS
+def test_a_beating_trial_is_never_failed(tmp_path: Path, url: str) -> None:
+    storage = create_storage(url.format(tmp_path), heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
     start = datetime.datetime.now()
@@ -48,8 +56,46 @@ def test_a_beating_trial_is_never_failed(tmp_path: Path) -> None:
     assert study.trials[trial.number].state == TrialState.RUNNING
 
 
-def test_journal_storage_has_no_heartbeat(tmp_path: Path) -> None:
+def test_a_dead_journal_worker_s_trial_is_failed_after_its_lease_expires(tmp_path: Path) -> None:
+    storage = create_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    assert (tmp_path / "s.log.leases" / str(trial._trial_id)).is_file()
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[trial.number].state == TrialState.RUNNING  # the lease is fresh
+    time.sleep(2.5)  # the worker died: no renewal
+    other = create_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=2)  # another worker
+    optuna.storages.fail_stale_trials(optuna.load_study(study_name="s", storage=other))
+    assert study.trials[trial.number].state == TrialState.FAIL
+    assert not (tmp_path / "s.log.leases" / str(trial._trial_id)).exists()  # a finished trial holds no lease
+
+
+def test_journal_storage_without_heartbeat_has_none(tmp_path: Path) -> None:
     assert not has_heartbeat(create_storage(f"journal:///{tmp_path}/j.log", heartbeat_interval=None))
+    assert has_heartbeat(create_storage(f"journal:///{tmp_path}/k.log", heartbeat_interval=5))
+
+
+def test_unwritable_journal_and_unreachable_database_fail_fast_and_clearly(tmp_path: Path) -> None:
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: a file stands where the folder should be
+            (tmp_path / "file").write_text("")
+            locked = tmp_path / "file" / "sub"
+        with pytest.raises(ConfigError, match=r"Cannot write the study journal .* writable directory"):
+            create_storage(f"journal:///{locked}/study.log")
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="Cannot open the study storage") as err:
+        create_storage(f"postgresql+psycopg2://dse:hunter2@127.0.0.1:{port}/dse")
+    assert time.monotonic() - start < 10
+    assert "hunter2" not in str(err.value) and "dse:***@127.0.0.1" in str(err.value)
 
 
 def test_bad_urls_and_passwords_in_messages() -> None:

@@ -46,12 +46,19 @@ def open_study(
         raise ConfigError(
             f"Study {name!r} in {where} was created with objectives {stored} and parameters "
             f"{study.user_attrs.get('space_params')}; this run asks for {names} and {sorted(space.params)}. "
-            "Resume it with its original config, or pick a new study.name."
+            f"Resume it with its original config, or start a new study: study.name={_free_name(name, storage)}"
         )
     elif study.user_attrs.get("space_choices", choices) != choices:
         changed = sorted(n for n in choices if study.user_attrs["space_choices"].get(n) != choices[n])
         raise ConfigError(
             f"Study {name!r} was created with other choices for {changed[:3]} (a different space or "
-            "pruning table). Resume it with its original space and pruning settings, or pick a new study.name."
+            "pruning table). Resume it with its original space and pruning settings, or start a new study: "
+            f"study.name={_free_name(name, storage)}"
         )
     return study
+
+
+def _free_name(name: str, storage: BaseStorage) -> str:
+    """``name-2``, ``name-3``, ...: the first that no study in ``storage`` has."""
+    taken = set(optuna.get_all_study_names(storage))
+    return next(f"{name}-{i}" for i in range(2, len(taken) + 3) if f"{name}-{i}" not in taken)

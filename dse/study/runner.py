@@ -10,6 +10,12 @@ enqueued once, so it is trial 0 of a new study.
 A RUNNING trial counts as "being evaluated" only on storages with a heartbeat
 (Optuna fails dead workers' trials before each new trial there), and never for
 its own retry: a dead trial must not block the retry of its assignment.
+
+With several workers the budget stays exact: a trial starts evaluating only while
+the COMPLETE trials plus the RUNNING trials numbered before it are fewer than the
+budget, else it waits for them (a dead worker's trial is failed after the grace
+period, and its slot freed). A failed trial's MLflow run is closed as KILLED by the
+next trial of any worker, and its retry's run names it (``dse_retry_of``).
 """
 
 from __future__ import annotations
@@ -17,29 +23,34 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import socket
 import tempfile
+import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
+import torch
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from dse.assignment import BASELINE_KEY, assignment_key
 from dse.candidate import CandidateEvaluator, PartialEvaluation
 from dse.exceptions import ConfigError
+from dse.interrupt import Interrupted
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import MEASURED_TIME_METRICS, Objective
 from dse.study.retraining import RETRAINED, SearchRetraining
 from dse.study.screening import ScreeningRule
+from dse.study.storage import RetryDeadTrial, retried_trial
 from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.tracking.pareto import front_table, hypervolume, normalized_points
+from dse.tracking.pareto import front_hypervolume, front_table
+from dse.workers import scheduler_job, worker_name
 
 __all__ = ["BASELINE_KEY", "StudyRunner", "StudySettings"]
 
@@ -47,6 +58,7 @@ _logger = logging.getLogger(__name__)
 _KEY_ATTR = "assignment_key"
 _REFERENCE_ATTR = "hypervolume_reference"
 _SCREENED_ATTR = "screening_reason"  # a trial stopped by screening: its assignment counts as evaluated
+_BUDGET_POLL_S = 2.0  # how often a trial waiting for a budget slot looks again
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,8 @@ class StudyRunner:
         self._baseline_accuracy: float | None = None
         self._progress: tqdm | None = None
         self._last_logged_step: int | None = None
+        self._current: optuna.Trial | None = None  # the trial this worker is running
+        self.interrupted_trial: int | None = None  # set when a signal stopped one
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -155,9 +169,43 @@ class StudyRunner:
         self._progress = tqdm(total=budget, initial=done, desc=self.study.study_name, unit="trial")
         try:
             self.study.optimize(self._objective, callbacks=[self._after_trial], catch=(RuntimeError,))
+        except Interrupted as exc:
+            self._record_interrupted(exc)
+            raise
         finally:
             self._progress.close()
+        self._settle()
         return count_complete(self.study)
+
+    def _record_interrupted(self, exc: Interrupted) -> None:
+        """The trial a signal stopped: FAIL, tagged ``interrupted``, its parameters queued again."""
+        trial = self._current
+        if trial is None:
+            return
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if frozen.state != TrialState.RUNNING:
+            return  # it had finished: nothing was lost
+        trial.set_user_attr("interrupted", str(exc))
+        self.study.tell(trial, state=TrialState.FAIL)
+        storage = self.study._storage
+        retry = storage.get_heartbeat_stale_trial_callback() if isinstance(storage, BaseHeartbeat) else None
+        (retry or RetryDeadTrial())(self.study, self.study._storage.get_trial(trial._trial_id))
+        self.interrupted_trial = trial.number
+
+    def _settle(self) -> None:
+        """Once the budget is complete, wait for other workers' RUNNING trials to end, failing those of
+        dead workers when their heartbeat goes stale, so the study holds no trial left RUNNING forever."""
+        storage = self.study._storage
+        if not self.running_is_live or not isinstance(storage, BaseHeartbeat):
+            return
+        interval = storage.get_heartbeat_interval() or 0
+        deadline = time.monotonic() + 3 * interval + float(getattr(storage, "grace_period", None) or 0) + 5
+        while self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+            time.sleep(min(_BUDGET_POLL_S, interval or _BUDGET_POLL_S))
+        self._close_dead_runs()
 
     def _duplicate_of(self, key: str, number: int) -> int | None:
         """The trial that evaluated (or is evaluating) the assignment ``key`` before trial ``number``.
@@ -192,22 +240,28 @@ class StudyRunner:
         return self._baseline_accuracy
 
     def _objective(self, trial: optuna.Trial) -> list[float]:
+        self._current = trial
         params = self.space.suggest(trial)
         assignment = self.space.assignment(params)
         key = assignment_key(assignment)
         trial.set_user_attr(_KEY_ATTR, key)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker_name())
+        trial.set_user_attr("torch_threads", torch.get_num_threads())  # from its allocation (dse.workers)
+        if scheduler_job():
+            trial.set_user_attr("scheduler_job", scheduler_job())
+        self._close_dead_runs()  # Optuna has just failed dead workers' trials: close their runs too
         duplicate = self._duplicate_of(key, trial.number)
         if duplicate is not None:
             trial.set_user_attr("duplicate_of", duplicate)
             raise optuna.TrialPruned(f"same assignment as trial {duplicate}")
+        self._claim_budget_slot(trial)
         run_id = None
         if self.tracker is not None:
             knobs = self.space.knob_fields  # only what this space searches, per layer
             layer_params = {
                 f"layer.{n}.{k}": _readable(getattr(cfg, k)) for n, cfg in assignment.items() for k in knobs
             }
-            run_id = self.tracker.start_trial(trial, {**params, **layer_params})
+            run_id = self.tracker.start_trial(trial, {**params, **layer_params}, tags=self._link_retry(trial))
         try:
             partial = self._screen(trial, assignment, run_id) if self.screening and key != BASELINE_KEY else None
             timing = self.settings.timing
@@ -234,14 +288,85 @@ class StudyRunner:
             trial.set_user_attr("energy_uj_by_layer_kind", {k: round(float(v), 4) for k, v in by_kind.items()})
         except optuna.TrialPruned:
             raise  # screened out: its run is already closed
-        except BaseException:
+        except BaseException as exc:
             if self.tracker is not None and run_id is not None:
-                self.tracker.client.set_terminated(run_id, status="FAILED")
+                status = "KILLED" if isinstance(exc, Interrupted) else "FAILED"
+                self.tracker.client.set_terminated(run_id, status=status)
             raise
+        duplicate = self._duplicate_of(key, trial.number)  # another worker took it while this one evaluated
+        if duplicate is not None:
+            trial.set_user_attr("duplicate_of", duplicate)
+            if self.tracker is not None and run_id is not None:
+                self.tracker.client.delete_run(run_id)  # the same result is another trial's run
+            raise optuna.TrialPruned(f"same assignment as trial {duplicate}, evaluated at the same time")
         if self.tracker is not None and run_id is not None:
             finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
             self.tracker.end_trial(run_id, finite, tables={"layers.csv": result.layers})
         return [judged if o.name == RETRAINED else metrics[o.name] for o in self.settings.objectives]
+
+    def _claim_budget_slot(self, trial: optuna.Trial) -> None:
+        """Return once ``trial`` may evaluate without overshooting the budget; PRUNE it (``budget_reached``)
+        when other workers' trials complete the budget first.
+
+        The trials ahead are the RUNNING ones numbered before this one (a live heartbeat says they are
+        being evaluated); a trial never waits for a later one, so the earliest always proceeds. A dead
+        worker's trial stops blocking when its heartbeat goes stale (failed here, retried later).
+        """
+        waited = False
+        while True:
+            trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            if complete >= self._budget:
+                trial.set_user_attr("budget_reached", True)
+                raise optuna.TrialPruned(f"the budget of {self._budget} complete trials was reached by other workers")
+            if not self.running_is_live:
+                return
+            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+            if complete + ahead < self._budget:
+                return
+            if not waited:
+                _logger.info(
+                    "Trial %d waits: %d complete + %d running elsewhere fill the budget of %d.",
+                    trial.number,
+                    complete,
+                    ahead,
+                    self._budget,
+                )
+                waited = True
+            time.sleep(_BUDGET_POLL_S)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+
+    def _close_dead_runs(self) -> None:
+        """KILLED for every RUNNING trial run whose trial has ended (a dead worker's, failed by the heartbeat)."""
+        if self.tracker is None or self.tracker.parent_run_id is None:
+            return
+        running = self.tracker.running_trial_runs()
+        if not running:
+            return
+        states = {t.number: t.state for t in self.study.get_trials(deepcopy=False)}  # read after the runs
+        for run_id, number in running.items():
+            state = states.get(number)
+            if state is not None and state.is_finished():
+                self.tracker.close_dead_run(run_id, f"trial {number} ended {state.name} while its run was open")
+
+    def _link_retry(self, trial: optuna.Trial) -> dict[str, str]:
+        """If ``trial`` re-runs a failed one: tag that trial's run ``dse_retried_by``, and return the tag
+        its own run gets at creation (``dse_retry_of``). In this order, a kill in between leaves no run
+        that claims a link the other side lacks."""
+        assert self.tracker is not None
+        failed = retried_trial(self.study._storage.get_trial(trial._trial_id))
+        if failed is None:
+            return {}
+        trial.set_user_attr("retry_of", failed)
+        original = next(
+            (t.user_attrs.get("mlflow_run_id") for t in self.study.get_trials(deepcopy=False) if t.number == failed),
+            None,
+        )
+        if original:
+            self.tracker.client.set_tag(original, "dse_retried_by", str(trial.number))
+        return {"dse_retry_of": str(failed)}
 
     def _screen(self, trial: optuna.Trial, assignment: dict, run_id: str | None) -> PartialEvaluation:
         """Raise TrialPruned (recorded with its partial accuracy, bound and reason) if the first images
@@ -317,16 +442,7 @@ class StudyRunner:
         return None
 
     def current_hypervolume(self) -> float | None:
-        ref = self.reference_point()
-        front = self.study.best_trials
-        if (
-            ref is None
-            or not front
-            or any(r == 0 for o, r in zip(self.settings.objectives, ref, strict=False) if o.direction == "minimize")
-        ):
-            return None
-        values = np.array([t.values for t in front], dtype=float)
-        return hypervolume(normalized_points(values, self.settings.objectives, ref))
+        return front_hypervolume(self.study, self.settings.objectives, self.reference_point())
 
     def publish(self, done: int, final: bool = False) -> None:
         """Refresh progress and the MLflow front (plots every ``plot_every`` trials and at the end)."""

@@ -132,7 +132,22 @@ class MlflowTracker:
                 _logger.info("Created MLflow parent run %s", run_id)
         study.set_user_attr(_PARENT_ATTR, run_id)
         self.parent_run_id = run_id
+        self._delete_orphan_parents(study.study_name, run_id)
         return run_id
+
+    def _delete_orphan_parents(self, study_name: str, parent: str) -> None:
+        """A worker killed between creating its parent run and stepping aside leaves a second parent:
+        whoever opens the study next deletes it (it holds no trial runs: those go under ``parent``)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.dse_study = '{study_name}' and tags.dse_role = 'parent'",
+            max_results=1000,
+        )
+        for run in runs:
+            if run.info.run_id != parent:
+                with contextlib.suppress(mlflow.exceptions.MlflowException):  # another worker deleted it first
+                    self.client.delete_run(run.info.run_id)
+                    _logger.info("Deleted parent run %s of a worker that died creating it", run.info.run_id)
 
     def _earliest_parent(self, study_name: str) -> str | None:
         runs = self.client.search_runs(
@@ -154,18 +169,43 @@ class MlflowTracker:
             self.client.log_batch(run_id, params=chunk)
 
     # -- child runs -------------------------------------------------------------------
-    def start_trial(self, trial: optuna.Trial, params: Mapping[str, object]) -> str:
-        """Create the child run of ``trial`` and log its parameters."""
+    def start_trial(
+        self, trial: optuna.Trial, params: Mapping[str, object], tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Create the child run of ``trial`` (with ``tags`` besides its own) and log its parameters."""
         if self.parent_run_id is None:
             raise RuntimeError("open_parent() must be called before start_trial().")
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number:04d}",
-            tags={"mlflow.parentRunId": self.parent_run_id, "dse_role": "trial", "dse_trial": str(trial.number)},
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "dse_role": "trial",
+                "dse_trial": str(trial.number),
+                **(tags or {}),
+            },
         )
         self.log_params(run.info.run_id, params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         return run.info.run_id
+
+    def running_trial_runs(self) -> dict[str, int]:
+        """Run id -> trial number of this study's trial runs still RUNNING."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+            max_results=5000,
+        )
+        tagged = {r.info.run_id: r.data.tags.get("dse_trial", "") for r in runs}
+        return {run_id: int(number) for run_id, number in tagged.items() if number.isdigit()}
+
+    def close_dead_run(self, run_id: str, reason: str) -> None:
+        """End a run whose worker died (KILLED, with the reason), unless it has ended meanwhile."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.set_tag(run_id, "dse_killed", reason)
+        self.client.set_terminated(run_id, status="KILLED")
+        _logger.info("Closed MLflow run %s: %s", run_id, reason)
 
     def end_trial(
         self,

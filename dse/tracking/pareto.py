@@ -104,6 +104,20 @@ def hypervolume(points: np.ndarray, reference: np.ndarray | None = None) -> floa
     return float(round(compute_hypervolume(pts, ref, assume_pareto=False), 12))
 
 
+def front_hypervolume(
+    study: optuna.Study, objectives: Sequence[Objective], reference: Sequence[float] | None
+) -> float | None:
+    """Hypervolume of ``study``'s current front against ``reference`` (in objective units), or None
+    when there is no front or no usable reference (a minimised axis at 0)."""
+    front = study.best_trials
+    if reference is None or not front:
+        return None
+    if any(r == 0 for o, r in zip(objectives, reference, strict=False) if o.direction == "minimize"):
+        return None
+    values = np.array([t.values for t in front], dtype=float)
+    return hypervolume(normalized_points(values, objectives, reference))
+
+
 # Axis label and scale of each metric a plot may show (accuracy as %, units spelled out).
 AXES: dict[str, tuple[str, float]] = {
     "accuracy": ("top-1 accuracy (%)", 100.0),
