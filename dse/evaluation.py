@@ -22,7 +22,7 @@ from torch import nn
 
 from dse.exceptions import ConfigError
 from dse.training.classifier import ImageClassifier
-from dse.workers import allocated_threads
+from dse.workers import allocated_threads, single_process
 
 __all__ = ["AccuracyResult", "Evaluator", "TimingResult", "default_device"]
 
@@ -109,6 +109,7 @@ class Evaluator:
         trainer = L.Trainer(
             accelerator=self.accelerator,
             devices=1,
+            plugins=[single_process()],
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

@@ -31,6 +31,7 @@ from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.training.retraining import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
 from dse.training.weights import save_weights
 from dse.transform import apply_assignment, recalibrate
+from dse.workers import single_process
 
 __all__ = ["RetrainResult", "retrain_candidate"]
 
@@ -151,6 +152,7 @@ def retrain_candidate(
         max_epochs=int(r.epochs),
         accelerator=r.accelerator,
         devices=1,
+        plugins=[single_process()],
         precision=r.precision,
         callbacks=callbacks,
         logger=False,

@@ -15,10 +15,12 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightning.fabric.plugins.environments import LightningEnvironment
+
 from dse.exceptions import ConfigError
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url
 
-__all__ = ["allocated_threads", "scheduler_job", "sole_sqlite_worker", "worker_name"]
+__all__ = ["allocated_threads", "scheduler_job", "single_process", "sole_sqlite_worker", "worker_name"]
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +45,16 @@ def allocated_threads(configured: int | None) -> int | None:
         return int(configured)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
     return int(cpus) if cpus.isdigit() and int(cpus) > 0 else None
+
+
+def single_process() -> LightningEnvironment:
+    """The cluster environment of dse's Lightning Trainers (evaluation, retraining): one process, one device.
+
+    The workers are dse's to manage. Left to itself, Lightning would detect a SLURM job and install
+    its own requeue and SIGTERM handlers (which fight :mod:`dse.interrupt` and submitit's), and warn
+    on every Trainer of a machine that merely has ``srun`` installed.
+    """
+    return LightningEnvironment()
 
 
 @contextlib.contextmanager
