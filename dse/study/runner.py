@@ -309,9 +309,11 @@ class StudyRunner:
         when other workers' trials complete the budget first.
 
         The trials ahead are the RUNNING ones numbered before this one (a live heartbeat says they are
-        being evaluated); a trial never waits for a later one, so the earliest always proceeds. A dead
-        worker's trial stops blocking when its heartbeat goes stale (failed here, retried later).
+        being evaluated), except those this trial re-runs; a trial never waits for a later one, so the
+        earliest always proceeds. A dead worker's trial stops blocking when its heartbeat goes stale
+        (failed here, retried later).
         """
+        retried = set(self.study._storage.get_trial(trial._trial_id).system_attrs.get("retry_history", []))
         waited = False
         while True:
             trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -321,7 +323,9 @@ class StudyRunner:
                 raise optuna.TrialPruned(f"the budget of {self._budget} complete trials was reached by other workers")
             if not self.running_is_live:
                 return
-            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+            ahead = sum(
+                t.state == TrialState.RUNNING and t.number < trial.number and t.number not in retried for t in trials
+            )
             if complete + ahead < self._budget:
                 return
             if not waited:

@@ -56,8 +56,9 @@ class RetryDeadTrial:
 
     As :class:`optuna.storages.RetryFailedTrialCallback` (same ``failed_trial`` = the first failed
     trial and ``retry_history`` system attributes, so Optuna's helpers read them), except that the
-    retry starts without the dead trial's user attributes: its worker, MLflow run and partial
-    results describe an evaluation that never finished.
+    retry starts without the dead trial's user attributes (its worker, MLflow run and partial
+    results describe an evaluation that never finished), and that nothing is queued when those
+    parameters are already COMPLETE or queued (another worker evaluated them meanwhile).
     """
 
     def __init__(self, max_retry: int = 3) -> None:
@@ -66,6 +67,9 @@ class RetryDeadTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > self.max_retry:
+            return
+        done_or_queued = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
+        if any(t.params == trial.params for t in done_or_queued):
             return
         study.add_trial(
             optuna.trial.create_trial(
@@ -216,8 +220,9 @@ def create_storage(
             )
 
     try:
-        # Workers started together race to create Optuna's tables; PostgreSQL's CREATE TABLE
-        # IF NOT EXISTS is not atomic, so the loser sees a duplicate key. The tables exist then.
+        # Processes opening a new store together (workers, or dse.status beside a starting search) race
+        # to create Optuna's tables: PostgreSQL's CREATE TABLE IF NOT EXISTS is not atomic, and SQLite's
+        # alembic row is inserted by both; the loser sees a duplicate key. The tables exist then.
         return retry_on_race(open_rdb, _is_creation_race)
     except ImportError as exc:
         raise ConfigError(
@@ -225,10 +230,14 @@ def create_storage(
         ) from exc
     except Exception as exc:  # sqlalchemy OperationalError and friends
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise ConfigError(
-            f"Cannot open the study storage {describe_storage(url)}: {_mask_password(reason, url)}. "
+        hint = (
             "Check that the server runs and accepts connections from this host, and the user, password "
             "and database name (DSE_PG_HOST, DSE_PG_PORT, DSE_PG_USER, DSE_PG_PASSWORD, DSE_PG_DB)."
+            if url.startswith("postgresql")
+            else "Check the path or URL and that this user may read and write it."
+        )
+        raise ConfigError(
+            f"Cannot open the study storage {describe_storage(url)}: {_mask_password(reason, url)}. {hint}"
         ) from None  # the driver's own exception repeats the URL, password included
 
 
@@ -258,7 +267,8 @@ def _mask_password(text: str, url: str) -> str:
 
 def _is_creation_race(exc: Exception) -> bool:
     text = str(exc)
-    return "UniqueViolation" in text or "already exists" in text or "DuplicateTable" in text
+    races = ("UniqueViolation", "already exists", "DuplicateTable", "UNIQUE constraint failed", "database is locked")
+    return any(race in text for race in races)
 
 
 def describe_storage(url: str) -> str:
