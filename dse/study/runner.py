@@ -58,6 +58,7 @@ _logger = logging.getLogger(__name__)
 _KEY_ATTR = "assignment_key"
 _REFERENCE_ATTR = "hypervolume_reference"
 _SCREENED_ATTR = "screening_reason"  # a trial stopped by screening: its assignment counts as evaluated
+_TIME_REFERENCE_ATTR = "reference_time_s"  # the exact model's pass time that measured ratios scale
 _BUDGET_POLL_S = 2.0  # how often a trial waiting for a budget slot looks again
 
 
@@ -155,6 +156,9 @@ class StudyRunner:
             budget = self.space.size
         self._budget = budget
         self.study.set_user_attr("n_trials", budget)  # the budget, for the summary on the parent run
+        reference = self.study.user_attrs.get(_TIME_REFERENCE_ATTR)
+        if reference is not None:  # every worker and resume scales measured times by the same exact-model time
+            self.candidates.reference_time_s = float(reference)
         self.study.enqueue_trial(self.space.baseline_params(), skip_if_exists=True)
         if self.settings.seed_uniform:  # then every "all layers at one choice" assignment
             for params in self.space.uniform_params():
@@ -283,6 +287,8 @@ class StudyRunner:
                 trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
             for name, value in metrics.items():
                 trial.set_user_attr(name, value)
+            if self.candidates.reference_time_s is not None and _TIME_REFERENCE_ATTR not in self.study.user_attrs:
+                self.study.set_user_attr(_TIME_REFERENCE_ATTR, self.candidates.reference_time_s)
             # the per-layer cost table in brief, for viewers of the study alone (optuna-dashboard)
             by_kind = result.layers.groupby("kind")["total_pj"].sum() / 1e6
             trial.set_user_attr("energy_uj_by_layer_kind", {k: round(float(v), 4) for k, v in by_kind.items()})
