@@ -85,6 +85,10 @@ class Evaluator:
         calibration_images: images (a seeded random selection of the evaluation set: its
             files may be class-major) over which activation ranges are measured once.
         calibration_seed: seed of that selection.
+        order_seed: images are evaluated in a seeded random order (None: the data module's), so
+            that the first images of :meth:`correct` are a random sample of the set: screening
+            (:mod:`dse.study.screening`) bounds the whole set's accuracy from them, and the
+            shipped subset and CIFAR-10's test set are class-major (a prefix of them is a few classes).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Evaluator:
         calibration_seed: int = 0,
         timing_threads: int | None = 1,
         relative_timing: bool = True,
+        order_seed: int | None = 0,
     ) -> None:
         if timing_repeats < 1:
             raise ConfigError(
@@ -111,6 +116,7 @@ class Evaluator:
         self.relative_timing = relative_timing
         self.calibration_images = calibration_images
         self.calibration_seed = calibration_seed
+        self.order_seed = order_seed
         threads = allocated_threads(threads)
         if threads:
             torch.set_num_threads(threads)
@@ -118,6 +124,7 @@ class Evaluator:
         self.device = default_device() if accelerator == "auto" else torch.device(accelerator)
         self._timing_batches: list[torch.Tensor] | None = None
         self._labels: list[torch.Tensor] = []
+        self._order: torch.Tensor | None = None
 
     @property
     def n_images(self) -> int:
@@ -144,13 +151,28 @@ class Evaluator:
             # the data module's own device-side preprocessing (normalisation), as in Trainer.test
             prepare = self.datamodule.on_after_batch_transfer
             batches = [prepare((x.to(self.device), y.to(self.device)), 0) for x, y in self.datamodule.test_dataloader()]
-            self._timing_batches = [x.contiguous(memory_format=memory_format) for x, _ in batches]
-            self._labels = [y for _, y in batches]
+            images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+            n, size = len(labels), len(batches[0][1])
+            if self.order_seed is None:
+                self._order = torch.arange(n)
+            else:
+                self._order = torch.randperm(n, generator=torch.Generator().manual_seed(self.order_seed))
+            on_device = self._order.to(self.device)
+            self._timing_batches = [x.contiguous(memory_format=memory_format) for x in images[on_device].split(size)]
+            self._labels = list(labels[on_device].split(size))
         return self._timing_batches
+
+    @property
+    def image_order(self) -> torch.Tensor:
+        """The data set index of each image, in the order :meth:`correct` evaluates them (``order_seed``)."""
+        self._batches()
+        assert self._order is not None
+        return self._order
 
     @torch.no_grad()
     def correct(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-1 and top-5 correctness of each test image in ``[start, stop)`` (loader order), CPU bool tensors.
+        """Top-1 and top-5 correctness of each test image in ``[start, stop)`` of the evaluation order
+        (:attr:`image_order`: a seeded shuffle, so any prefix is a random sample), CPU bool tensors.
 
         The forward of :meth:`accuracy` (same images, preprocessing and layout) without a Trainer, so a
         search can evaluate a candidate a slice at a time (``dse.study.screening``) and never twice.
@@ -178,7 +200,9 @@ class Evaluator:
         images = torch.cat(self._batches())
         generator = torch.Generator().manual_seed(self.calibration_seed)
         pick = torch.randperm(len(images), generator=generator)[: self.calibration_images].sort().values
-        chosen = images[pick.to(images.device)]
+        position = torch.empty_like(self.image_order)  # where each data set index sits in evaluation order
+        position[self.image_order] = torch.arange(len(position))
+        chosen = images[position[pick].to(images.device)]  # picked by data set index: independent of order_seed
         return list(chosen.split(self.datamodule.eval_batch_size))  # type: ignore[attr-defined]
 
     def _sync(self) -> None:

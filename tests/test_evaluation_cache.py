@@ -43,3 +43,28 @@ def test_cached_results_equal_a_fresh_evaluation_and_a_new_context_misses(tmp_pa
     assert unpacked.astype(bool).tolist() == correct.tolist()
     assert EvaluationCache(tmp_path / "cache.sqlite", {**context, "images": 1000}).get(assignment) is None
     assert again.get({"features.2.0": LayerConfig(decimals=2)}) is None
+
+
+def test_the_first_images_evaluated_are_a_random_sample_of_a_class_major_set() -> None:
+    """Screening bounds the whole set's accuracy from the first images: they must not be a few classes."""
+    cfg = compose_config(["study=quickstart", "data.test_subset=1000"])
+    candidates = candidate_evaluator(cfg, build_trained_model(cfg.model))
+    evaluator = candidates.evaluator
+    labels = evaluator.datamodule.test_dataloader().dataset.tensors[1]  # data set order: class-major
+    assert labels[:100].unique().tolist() == [0]  # what a prefix of the files would give
+    order = evaluator.image_order
+    assert sorted(order.tolist()) == list(range(1000))
+    first = labels[order[:100]]
+    assert len(first.unique()) == 10 and first.bincount().max() <= 25
+    # the same images, the same number right: only the order changed (the calibration images too)
+    correct, _ = evaluator.correct(candidates.model)
+    unshuffled = candidate_evaluator(
+        compose_config(["study=quickstart", "data.test_subset=1000", "evaluation.order_seed=null"]),
+        build_trained_model(cfg.model),
+    )
+    plain, _ = unshuffled.evaluator.correct(unshuffled.model)
+    assert unshuffled.evaluator.image_order.tolist() == list(range(1000))
+    assert plain[order].tolist() == correct.tolist()
+    assert [b.tolist() for b in unshuffled.evaluator.calibration_batches()] == [
+        b.tolist() for b in evaluator.calibration_batches()
+    ]

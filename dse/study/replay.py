@@ -11,7 +11,9 @@ search would. ``benchmarks/search_efficiency.py`` drives it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -23,9 +25,28 @@ from dse.study.objectives import Objective
 from dse.study.screening import ScreeningRule
 from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
 
-__all__ = ["OBJECTIVES", "Replay", "cost_to", "mark_true_front", "replay", "trials_to", "unpack_correct"]
+__all__ = [
+    "OBJECTIVES",
+    "ORACLE",
+    "Lookup",
+    "Replay",
+    "cost_to",
+    "hypervolume_history",
+    "mark_true_front",
+    "replay",
+    "trials_to",
+    "unpack_correct",
+]
 
 OBJECTIVES = [Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")]
+
+# an assignment's evaluation from its key and params: accuracy, energy_uj, n_images, and for
+# screening the packed per-image ``correct`` bits and ``on_true_front``
+Lookup = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+
+# screening's ceiling: prune, at no cost, every trial that the front at that moment dominates at its
+# *final* accuracy. No rule that stops dominated trials can save more than this oracle.
+ORACLE: Literal["oracle"] = "oracle"
 
 
 def mark_true_front(table: pd.DataFrame) -> pd.Series:
@@ -40,6 +61,7 @@ class Replay:
 
     costs: list[int] = field(default_factory=list)
     fractions: list[float] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)  # (accuracy, energy) in evaluation order
     true_front_pruned: int = 0
     screened: int = 0
     spent: int = 0  # images evaluated by the whole run (screened trials included)
@@ -48,17 +70,29 @@ class Replay:
 def replay(
     sampler: optuna.samplers.BaseSampler,
     bound: BoundSpace,
-    table: pd.DataFrame,
+    table: pd.DataFrame | Lookup,
     reference: list[float],
     true_hv: float,
     budget: int,
-    screening: ScreeningRule | None = None,
+    screening: ScreeningRule | Literal["oracle"] | None = None,
     seed_uniform: bool = False,
 ) -> Replay:
     """Run ``sampler`` as dse runs it, every evaluation looked up in the grid (screening replayed on
-    each point's recorded per-image correctness: the same decision the search would take)."""
-    by_key = table.set_index("key")
-    n_images = int(table["n_images"].iloc[0])
+    each point's recorded per-image correctness: the same decision the search would take).
+
+    ``table`` may also be a :data:`Lookup` (a cached evaluation, for a space too large to
+    enumerate): pass ``true_hv=1`` when the front to compare with is not known yet and compute
+    the fractions later from ``points`` (:func:`hypervolume_history`).
+    """
+    lookup: Lookup
+    if isinstance(table, pd.DataFrame):
+        by_key = table.set_index("key")
+
+        def lookup(key: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+            return by_key.loc[key]
+
+    else:
+        lookup = table
     seen: dict[str, tuple[float, float]] = {}  # complete evaluations
     evaluated: set[str] = set()  # complete or screened out: never evaluated again
     result, spent = Replay(), 0
@@ -74,8 +108,20 @@ def replay(
         if key in evaluated:
             raise optuna.TrialPruned()  # as dse does: a repeat is not evaluated again
         evaluated.add(key)
-        row = by_key.loc[key]
-        if screening is not None and key != BASELINE_KEY:
+        row = lookup(key, params)
+        n_images = int(row["n_images"])
+        if screening == ORACLE and key != BASELINE_KEY:
+            accuracy, energy = float(row["accuracy"]), float(row["energy_uj"])
+            if any(
+                a >= accuracy and e <= energy and (a, e) != (accuracy, energy)
+                for a, e in (t.values for t in study.best_trials)
+            ):
+                result.screened += 1
+                result.true_front_pruned += int(row["on_true_front"])
+                if len(evaluated) >= budget:
+                    trial.study.stop()
+                raise optuna.TrialPruned()
+        elif isinstance(screening, ScreeningRule) and key != BASELINE_KEY:
             mask = unpack_correct(row["correct"], n_images)
             m = min(screening.first_images, n_images)
             front = [list(t.values) for t in study.best_trials]
@@ -90,6 +136,7 @@ def replay(
             spent -= m  # a survivor's first images are not evaluated again (CandidateEvaluator.evaluate)
         spent += n_images
         seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))
+        result.points.append(seen[key])
         points = normalized_points(np.array(list(seen.values())), OBJECTIVES, reference)
         result.costs.append(spent)
         result.fractions.append(hypervolume(points) / true_hv)
@@ -100,6 +147,14 @@ def replay(
     study.optimize(objective, n_trials=budget * 20)  # proposals, repeats included
     result.spent = spent
     return result
+
+
+def hypervolume_history(points: list[tuple[float, float]], reference: list[float], front_hv: float) -> list[float]:
+    """After each of ``points`` (in evaluation order), the hypervolume of those so far / ``front_hv``."""
+    return [
+        hypervolume(normalized_points(np.array(points[: i + 1]), OBJECTIVES, reference)) / front_hv
+        for i in range(len(points))
+    ]
 
 
 def unpack_correct(hex_bits: str, n: int) -> np.ndarray:

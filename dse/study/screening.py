@@ -18,9 +18,13 @@ Optuna's pruners handle one objective; this rule is dse's own. It needs every ob
 than accuracy to be known without evaluating (energy, modeled latency, weight bits): with a
 measured time or another accuracy among the objectives, screening refuses to run.
 
-``alpha`` is a per-trial risk under the assumption that the search set is a random sample
-(the first ``m`` images of a stratified, seeded subset); ``benchmarks/search_efficiency.py``
-measures on an exhaustive grid that no point of the true front is pruned.
+``alpha`` is a per-trial risk under the assumption that the first ``m`` images are a random
+sample of the search set. They are: the evaluator goes through the set in a seeded shuffle
+(``evaluation.order_seed``), since the shipped subset and CIFAR-10's test files are class-major
+and their first images are a few classes (a candidate that is worse on those classes was once
+pruned from the true front that way). Sampling without replacement from the finite set makes
+the binomial bound conservative. ``benchmarks/search_efficiency.py`` measures on an exhaustive
+grid that no point of the true front is pruned.
 """
 
 from __future__ import annotations
