@@ -37,11 +37,12 @@ from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import front_table, plot_retrained_front_png
 from dse.training.weights import build_trained_model
-from dse.workers import sole_sqlite_worker
+from dse.workers import sole_sqlite_worker, worker_index
 
 __all__ = ["SearchResult", "main", "run_search"]
 
 _logger = logging.getLogger(__name__)
+_WORKER_SEED_STRIDE = 100_003  # workers launched together draw from seeds this far apart
 
 
 @dataclass
@@ -97,12 +98,15 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
     where = describe_storage(cfg.storage.url)
     study = open_study(cfg.study.name, storage, build_sampler(cfg.sampler, bound), objectives, bound, where)
     grid = str(cfg.sampler.get("_target_", "")).endswith("GridSampler")
-    if study.trials and cfg.sampler.get("seed") is not None and not grid:
+    index = worker_index()
+    if (study.trials or index) and cfg.sampler.get("seed") is not None and not grid:
         # A resumed study (or a worker joining one) must not replay the draws of the process that started
         # it: the same seed would propose the same points again, all pruned as duplicates. Shift the seed
-        # by the trials already there: still reproducible from the study's state. (Not the grid sampler:
-        # its seed fixes the order its stored grid ids refer to, and it never proposes a point twice.)
-        shifted = OmegaConf.merge(cfg.sampler, {"seed": int(cfg.sampler.seed) + len(study.trials)})
+        # by the trials already there, and by the worker's index for workers launched at the same moment
+        # (a job array): still reproducible from the study's state. (Not the grid sampler: its seed fixes
+        # the order its stored grid ids refer to, and it never proposes a point twice.)
+        seed = int(cfg.sampler.seed) + len(study.trials) + _WORKER_SEED_STRIDE * index
+        shifted = OmegaConf.merge(cfg.sampler, {"seed": seed})
         study.sampler = build_sampler(shifted, bound)  # type: ignore[arg-type]
     _logger.info(
         "Study %r in %s: %d/%d complete trials; %d parameters, %.3g distinct assignments",

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from dse.exceptions import ConfigError
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url
 
-__all__ = ["allocated_threads", "scheduler_job", "single_process", "sole_sqlite_worker", "worker_name"]
+__all__ = ["allocated_threads", "scheduler_job", "single_process", "sole_sqlite_worker", "worker_index", "worker_name"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +36,23 @@ def scheduler_job() -> str | None:
     if array and task:
         return f"{array}_{task}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+def worker_index() -> int:
+    """This worker's index among those launched together: the SLURM array task, else Hydra's multirun
+    job number, else 0. Workers started at the same moment shift their sampler seed by it, so they do
+    not all propose the same first points."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task and task.isdigit():
+        return int(task)
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if HydraConfig.initialized():
+        num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # type: ignore[arg-type]  # multirun only
+        if num is not None:
+            return int(num)
+    return 0
 
 
 def allocated_threads(configured: int | None) -> int | None:
