@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import mlflow
 import pytest
 
 from dse.search import run_search
+from dse.testing.postgres import free_port
 from tests.conftest import FAST, compose_config
 
 pytestmark = pytest.mark.slow
 OBJECTIVES = "study.objectives=[{name: accuracy, direction: maximize}, {name: energy_uj, direction: minimize}]"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get_json(url: str, timeout: float = 60) -> object:
@@ -62,7 +56,7 @@ def test_optuna_dashboard_shows_the_study_with_named_objectives_and_metrics(work
     study = run_search(
         compose_config(["study=quickstart", "study.n_trials=3", "study.measure_time=false", OBJECTIVES, *FAST])
     ).study
-    port = _free_port()
+    port = free_port()
     dashboard = Path(sys.executable).with_name("optuna-dashboard")
     with _serving([str(dashboard), "sqlite:///mlruns/optuna.db", "--host", "127.0.0.1", "--port", str(port)], workdir):
         studies = _get_json(f"http://127.0.0.1:{port}/api/studies")
@@ -129,7 +123,7 @@ def test_the_mlflow_ui_shows_the_front_its_table_and_the_hypervolume_curve(workd
     front_size, n_trials = len(result.study.best_trials), 4
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("dse").experiment_id
-    port = _free_port()
+    port = free_port()
     server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///mlruns/mlflow.db"]
     with (
         _serving([*server, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], workdir),

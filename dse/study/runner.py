@@ -205,9 +205,7 @@ class StudyRunner:
         interval = storage.get_heartbeat_interval() or 0
         deadline = time.monotonic() + 3 * interval + float(getattr(storage, "grace_period", None) or 0) + 5
         while self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+            self._fail_stale_trials()
             time.sleep(min(_BUDGET_POLL_S, interval or _BUDGET_POLL_S))
         self._close_dead_runs()
 
@@ -344,9 +342,13 @@ class StudyRunner:
                 )
                 waited = True
             time.sleep(_BUDGET_POLL_S)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+            self._fail_stale_trials()
+
+    def _fail_stale_trials(self) -> None:
+        """FAIL (and so retry) RUNNING trials whose worker's heartbeat is stale: a dead worker's."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # the API is stable in use, marked experimental
+            optuna.storages.fail_stale_trials(self.study)
 
     def _close_dead_runs(self) -> None:
         """KILLED for every RUNNING trial run whose trial has ended (a dead worker's, failed by the heartbeat)."""
