@@ -359,7 +359,8 @@ def _plot(curves: dict[str, list[list[float]]], path: Path, grid: int | None) ->
     ax.set_xscale("log")
     ax.set_xlabel(f"distinct evaluations (of {grid})" if grid else "distinct evaluations")
     whose = "the true front's" if grid else "the best front known"
-    ax.set_ylabel(f"hypervolume, % of {whose} (median over seeds)")
+    ax.set_ylabel(f"hypervolume, % of {whose}")
+    ax.set_title("median over seeds", fontsize=9)
     lowest = min(float(np.median([h[0] for h in histories])) for histories in curves.values())
     ax.set_ylim(min(50.0, 100 * lowest - 5), 100.5)
     ax.grid(alpha=0.3)
