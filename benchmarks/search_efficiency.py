@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import dse
@@ -99,8 +99,8 @@ DEFAULT = "tpe (default)"
 _WORKER: dict[str, object] = {}  # a per-layer worker process's space, evaluation and samplers
 
 
-def setup(cache_path: Path, overrides: list[str] = GRID) -> tuple[BoundSpace, Callable[[dict], dict], int]:
-    """The space, a cached evaluation function of its params, and the number of images."""
+def setup(cache_path: Path, overrides: list[str] = GRID) -> tuple[BoundSpace, Callable[[dict], dict], int, DictConfig]:
+    """The space, a cached evaluation function of its params, the number of images and the sampler's config."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides)
     model = build_trained_model(cfg.model)
@@ -126,8 +126,7 @@ def setup(cache_path: Path, overrides: list[str] = GRID) -> tuple[BoundSpace, Ca
         found = cache.get(assignment)
         if found is None:
             mask, _ = candidates.evaluator.correct(candidates.candidate(assignment))
-            in_data_order = torch.empty_like(mask)
-            in_data_order[order] = mask
+            in_data_order = mask[torch.argsort(order)]
             energy = float(candidates.cost_table(candidates.model, assignment)["total_pj"].sum()) / 1e6
             found = {
                 "accuracy": float(mask.float().mean()),
@@ -138,7 +137,7 @@ def setup(cache_path: Path, overrides: list[str] = GRID) -> tuple[BoundSpace, Ca
         mask = unpack_correct(found["correct"], n_images)[order.numpy()]  # the search's evaluation order
         return {**found, "correct": np.packbits(mask).tobytes().hex()}
 
-    return bound, evaluate, n_images
+    return bound, evaluate, n_images, cfg.sampler
 
 
 def build_grid(bound: BoundSpace, evaluate: Callable[[dict], dict]) -> pd.DataFrame:
@@ -196,7 +195,7 @@ def main() -> None:
     if args.per_layer:
         per_layer(args)
         return
-    bound, evaluate, n_images = setup(Path(args.cache))
+    bound, evaluate, n_images, sampler_cfg = setup(Path(args.cache))
     table = build_grid(bound, evaluate)
     if args.build_only:
         print(f"grid={len(table)} cached in {args.cache}")
@@ -209,8 +208,6 @@ def main() -> None:
     table["on_true_front"] = mark_true_front(table)
     seeds = args.seeds or (5 if args.quick else 10)
     budget = 200 if args.quick else min(300, len(table))  # every sampler is past 99% well before
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        sampler_cfg = compose("config", GRID).sampler
     makers = samplers(args.quick, sampler_cfg, bound, args.gp)
     rows, curves = [], {}
     for name, make in makers.items():
@@ -266,7 +263,7 @@ def per_layer(args: argparse.Namespace) -> None:
     cache = Path(args.cache).with_name("search_efficiency_per_layer.sqlite")
     seeds = args.seeds or (3 if args.quick else 5)
     budget = max(PER_LAYER_BUDGETS)
-    bound, evaluate, n_images = setup(cache, PER_LAYER)
+    bound, evaluate, n_images, _ = setup(cache, PER_LAYER)
     base_energy = float(evaluate(bound.baseline_params())["energy_uj"])
     reference = [0.0, 1.1 * base_energy]
     names = [DEFAULT, "nsga2 (population 20)", "random"]
@@ -313,9 +310,7 @@ def _start_worker(cache: str) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bound, evaluate, n_images = setup(Path(cache), PER_LAYER)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        sampler_cfg = compose("config", PER_LAYER).sampler
+    bound, evaluate, n_images, sampler_cfg = setup(Path(cache), PER_LAYER)
     makers = samplers(True, sampler_cfg, bound)
     makers["reference"] = makers[DEFAULT]
     _WORKER.update(bound=bound, evaluate=evaluate, n_images=n_images, makers=makers)

@@ -200,8 +200,7 @@ class Evaluator:
         images = torch.cat(self._batches())
         generator = torch.Generator().manual_seed(self.calibration_seed)
         pick = torch.randperm(len(images), generator=generator)[: self.calibration_images].sort().values
-        position = torch.empty_like(self.image_order)  # where each data set index sits in evaluation order
-        position[self.image_order] = torch.arange(len(position))
+        position = torch.argsort(self.image_order)  # where each data set index sits in evaluation order
         chosen = images[position[pick].to(images.device)]  # picked by data set index: independent of order_seed
         return list(chosen.split(self.datamodule.eval_batch_size))  # type: ignore[attr-defined]
 

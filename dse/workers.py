@@ -15,7 +15,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import LightningEnvironment
+from omegaconf import OmegaConf
 
 from dse.exceptions import ConfigError
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url
@@ -45,9 +47,6 @@ def worker_index() -> int:
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     if task and task.isdigit():
         return int(task)
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     if HydraConfig.initialized():
         num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # type: ignore[arg-type]  # multirun only
         if num is not None:

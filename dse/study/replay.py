@@ -22,7 +22,7 @@ import pandas as pd
 from dse.assignment import BASELINE_KEY, assignment_key
 from dse.search_spaces import BoundSpace
 from dse.study.objectives import Objective
-from dse.study.screening import ScreeningRule
+from dse.study.screening import ScreeningRule, dominates
 from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
 
 __all__ = [
@@ -111,11 +111,8 @@ def replay(
         row = lookup(key, params)
         n_images = int(row["n_images"])
         if screening == ORACLE and key != BASELINE_KEY:
-            accuracy, energy = float(row["accuracy"]), float(row["energy_uj"])
-            if any(
-                a >= accuracy and e <= energy and (a, e) != (accuracy, energy)
-                for a, e in (t.values for t in study.best_trials)
-            ):
+            final = [float(row["accuracy"]), float(row["energy_uj"])]
+            if any(dominates(t.values, final, OBJECTIVES) for t in study.best_trials):
                 result.screened += 1
                 result.true_front_pruned += int(row["on_true_front"])
                 if len(evaluated) >= budget:
@@ -137,15 +134,14 @@ def replay(
         spent += n_images
         seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))
         result.points.append(seen[key])
-        points = normalized_points(np.array(list(seen.values())), OBJECTIVES, reference)
         result.costs.append(spent)
-        result.fractions.append(hypervolume(points) / true_hv)
         if len(evaluated) >= budget:
             trial.study.stop()
         return seen[key]
 
     study.optimize(objective, n_trials=budget * 20)  # proposals, repeats included
     result.spent = spent
+    result.fractions = hypervolume_history(result.points, reference, true_hv)
     return result
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from dse.exceptions import ConfigError
 from dse.study.objectives import Objective
 
-__all__ = ["ScreeningDecision", "ScreeningRule", "binomial_cdf", "clopper_pearson_upper"]
+__all__ = ["ScreeningDecision", "ScreeningRule", "binomial_cdf", "clopper_pearson_upper", "dominates"]
 
 # objectives known before any image is evaluated (the cost model's)
 _DETERMINISTIC = ("energy_uj", "modeled_latency_us", "mean_weight_bits")
@@ -132,7 +132,7 @@ class ScreeningRule:
             )
         optimistic = [bound if o.name == "accuracy" else costs[o.name] for o in self.objectives]
         for member in front:
-            if _dominates(member, optimistic, self.objectives):
+            if dominates(member, optimistic, self.objectives):
                 return ScreeningDecision(
                     True,
                     partial,
@@ -143,7 +143,8 @@ class ScreeningRule:
         return ScreeningDecision(False, partial, bound, seen, "may reach the front")
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], objectives: Sequence[Objective]) -> bool:
+def dominates(a: Sequence[float], b: Sequence[float], objectives: Sequence[Objective]) -> bool:
+    """Whether objective vector ``a`` is at least as good as ``b`` in every objective and better in one."""
     better = False
     for x, y, o in zip(a, b, objectives, strict=True):
         if o.direction == "maximize":
