@@ -9,6 +9,7 @@ path bit for bit (4 images), and the process's peak memory so far (ru_maxrss).
     python benchmarks/emulation_speed.py                    # every shipped table + Mitchell, truncated, DRUM
     python benchmarks/emulation_speed.py --quick            # mitchell_w6_s8 and a high-rank unsigned EvoApprox circuit
     python benchmarks/emulation_speed.py --tables mul8s_1KV9 path/to/luts.npz:mine
+    python benchmarks/emulation_speed.py --out emulation_speed.csv   # the table as CSV too
 
 The last line is ``worst_ratio_vs_exact=<max ratio> bit_exact=<true|false>`` over the
 tables measured. Emulation time is the cost of simulating the multiplier on the machine
@@ -24,6 +25,7 @@ import statistics
 import time
 from collections import defaultdict
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--details", action="store_true", help="per layer kind times, in ms")
+    parser.add_argument("--out", help="also write the table to this CSV (one row per table)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +115,7 @@ def main() -> None:
     )
     kinds_exact = per_kind_times(model, x, repeats)
     report = []
+    rows: list[dict[str, object]] = []
     for table in tables:
         assignment = {n: LayerConfig(multiplier=table) for n in layers}
         fast = apply_assignment(base, assignment, ranges, path="auto")
@@ -143,6 +147,24 @@ def main() -> None:
             for kind in sorted(kinds_fast):
                 print(f"{'':>18}{kind}: {kinds_fast[kind] * 1e3:.1f} ms vs {kinds_exact[kind] * 1e3:.1f} ms exact")
         report.append((table, ratio, bit_exact))
+        rows.append(
+            {
+                "table": table,
+                "paths": paths,
+                "model_ratio": ratio,
+                "pointwise_ratio": pw,
+                "depthwise_ratio": dw,
+                "bit_exact": bit_exact,
+                "peak_gb": peak_gb,
+                "approx_ms": approx_s * 1e3,
+                "exact_ms": exact_s * 1e3,
+                "batch": args.batch,
+                "repeats": repeats,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        if args.out:  # after each table: an interruption keeps what was measured
+            pd.DataFrame(rows).to_csv(args.out, index=False)
     worst = max(report, key=lambda r: r[1])
     print(f"\nexact fp32 model: {exact_s * 1e3:.1f} ms per batch (last table's run); worst: {worst[0]}")
     all_exact = all(r[2] for r in report)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dse.exceptions import ConfigError
 from dse.training.classifier import ImageClassifier
@@ -242,6 +244,24 @@ class Evaluator:
             times = [sum(self._timed(model, x) for x in self._batches()) for _ in range(self.timing_repeats)]
         n = sum(len(x) for x in self._batches())
         return TimingResult(statistics.median(times), min(times), max(times), self.timing_repeats, n)
+
+    @torch.inference_mode()
+    def interleaved_times(self, models: Mapping[str, nn.Module], repeats: int, seed: int = 0) -> dict[str, list[float]]:
+        """Seconds of one pass over the evaluation set for each model, ``repeats`` times each (``timing_threads``).
+
+        Each repeat times every model once, in a freshly shuffled order, so drift and a neighbour's bursts
+        hit every model alike; the spread over repeats is what the machine's noise leaves.
+        """
+        order = list(models)
+        rng = random.Random(seed)
+        times: dict[str, list[float]] = {name: [] for name in order}
+        with self._timing_threads():
+            prepared = {name: self._prepared(model) for name, model in models.items()}
+            for _ in tqdm(range(repeats), desc="timing passes", unit="repeat", leave=False):
+                rng.shuffle(order)
+                for name in order:
+                    times[name].append(sum(self._timed(prepared[name], x) for x in self._batches()))
+        return times
 
     @torch.inference_mode()
     def relative_time(self, model: nn.Module, reference: nn.Module) -> RelativeTiming:

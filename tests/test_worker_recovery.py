@@ -58,6 +58,24 @@ def _phase(study: optuna.Study, pid: int) -> str:
     return "between trials" if mine else "startup"
 
 
+def _wait_for_phase(
+    procs: list[subprocess.Popen], storage: optuna.storages.BaseStorage, want: str, rng: random.Random, timeout: float
+) -> int | None:
+    """The index of a live worker seen in phase ``want`` (a random one if several), or None after ``timeout`` s."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        try:
+            study = optuna.load_study(study_name="quickstart", storage=storage)
+        except KeyError:  # not created yet
+            time.sleep(0.2)
+            continue
+        ready = [i for i, proc in enumerate(procs) if proc.poll() is None and _phase(study, proc.pid) == want]
+        if ready:
+            return rng.choice(ready)
+        time.sleep(0.02)
+    return None
+
+
 def _kill_campaign(
     workdir: Path, env: dict[str, str], args: list[str], url: str, workers: int, kills: int, seed: int
 ) -> Counter[str]:
@@ -68,7 +86,7 @@ def _kill_campaign(
     procs = [_spawn(workdir, env, args, log) for _ in range(workers)]
     storage = create_storage(url, heartbeat_interval=None)  # a reader: no heartbeat of its own
     seen: Counter[str] = Counter()
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 1200
 
     def enough() -> bool:
         return sum(seen.values()) >= kills and all(seen[p] >= 2 for p in PHASES)
@@ -81,23 +99,18 @@ def _kill_campaign(
             done = 0
         assert done < BUDGET * workers - workers, f"the budget was nearly complete after only {seen} kills"
         want = min(PHASES, key=lambda p: seen[p])  # the phase killed least so far
-        i = rng.randrange(workers)
-        proc = procs[i]
         if want == "startup":  # kill while it imports, opens the study, creates or joins the parent run
+            i = rng.randrange(workers)
             time.sleep(rng.uniform(1.0, 7.0))
         else:
-            until = time.monotonic() + 30
-            while time.monotonic() < until and proc.poll() is None:
-                try:
-                    study = optuna.load_study(study_name="quickstart", storage=storage)
-                except KeyError:  # not created yet
-                    time.sleep(0.2)
-                    continue
-                if _phase(study, proc.pid) == want:
-                    break
-                time.sleep(0.02)
+            # wait for any worker to be in the wanted phase; on a slow machine a restarted worker can take
+            # longer than any fixed wait to start, and killing it anyway would only ever count "startup"
+            i = _wait_for_phase(procs, storage, want, rng, timeout=180)
+            if i is None:
+                continue
             if want == "mid-trial":
                 time.sleep(rng.uniform(0.0, 0.3))
+        proc = procs[i]
         if proc.poll() is None:
             try:
                 study = optuna.load_study(study_name="quickstart", storage=storage)

@@ -1,0 +1,117 @@
+"""``docs/results.md``: the stored results of every stage, as sections, with an appendix of their sources."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from dse.report.context import ReportContext
+from dse.report.markdown import table
+from dse.report.stage import Stage
+
+__all__ = ["write_document"]
+
+_INTRO = """\
+Every number below was measured by dse's own code, from the project's committed configs, and is stored
+under `{store}/` (one folder per section: CSV tables and `meta.json`, which names the commit, machine,
+evaluation sets, seeds, compute time and MLflow runs). Regenerate this file from what is stored, without
+evaluating anything, with `python -m dse.report report.recompute=false`; recompute one section with
+`python -m dse.report report.stages=[<stage>] report.recompute=true`.
+
+**Cost model.** Energy is modeled per inference at 45 nm (Horowitz, ISSCC 2014; `conf/hardware/`):
+multiplications, additions and memory traffic, with an approximate multiplier's energy scaled by its power
+ratio from EvoApprox. It is a model of hardware that would be built, never the time the emulation takes
+on this CPU."""
+
+
+def _data(ctx: ReportContext, stages: Sequence[Stage]) -> str:
+    """Which data the stored stages read: the search set, and the test set's source (an .npz or the download)."""
+    metas = [ctx.meta(s.name) for s in stages if ctx.meta(s.name).get("complete")]
+    sources = {m["test_set"]["source"] for m in metas if "test_set" in m}
+    subsets = {m["test_set"].get("test_subset") for m in metas if "test_set" in m} - {None}
+    test = f"a stratified {min(subsets):,}-image part of the test set" if subsets else "all 10,000 test images"
+    text = (
+        "**Data.** CIFAR-10. The search set is the stratified 2,000-image subset of the test set that ships with "
+        f'dse (200 images per class) unless a section says otherwise; "test set" means {test}. '
+    )
+    if "npz" in sources:
+        text += (
+            "The test and training images were read from an offline `.npz` copy of CIFAR-10 whose pixels were "
+            "decoded from JPEG files: they differ slightly from torchvision's download, so accuracies can differ "
+            "from a run on the download by a few tenths of a point. "
+        )
+    if "torchvision" in sources:
+        text += "Images from torchvision's CIFAR-10 download. "
+    return text + f"The model is `{ctx.cfg.model.name}` with dse's shipped weights."
+
+
+def _machines(ctx: ReportContext, stages: Sequence[Stage]) -> str:
+    seen: dict[str, list[str]] = {}
+    for stage in stages:
+        machine = ctx.meta(stage.name).get("machine")
+        if machine:
+            key = json.dumps(machine, sort_keys=True)
+            seen.setdefault(key, []).append(stage.name)
+    lines = []
+    for key, names in seen.items():
+        m = json.loads(key)
+        flags = ", ".join(m["cpu_flags"]) or "none of " + "/".join(("avx2", "avx512f"))
+        lines.append(
+            f"- {m['cpu']} ({m['cores']} cores available, {m['memory_gib']} GiB; SIMD: {flags}; "
+            f"GPU: {m['gpu'] or 'none'}), torch {m['torch']}, Python {m['python']}, {m['os']}: "
+            + ", ".join(f"`{n}`" for n in names)
+        )
+    return "**Machine.** Each section ran on:\n\n" + "\n".join(lines) if lines else ""
+
+
+def _appendix(ctx: ReportContext, stages: Sequence[Stage]) -> str:
+    rows = []
+    for stage in stages:
+        meta = ctx.meta(stage.name)
+        if not meta.get("complete"):
+            continue
+        files = sorted(p.name for p in ctx.stage_dir(stage.name).glob("*") if p.name != "meta.json")
+        rows.append(
+            [
+                f"`{stage.name}`",
+                f"`{meta.get('commit')}`",
+                f"{meta.get('compute_seconds', 0) / 60:.1f}",
+                f"`{meta.get('mlflow_run_id')}`",
+                ", ".join(f"`{ctx.link(ctx.stage_dir(stage.name) / f)}`" for f in files),
+            ]
+        )
+    extra = []
+    for stage in stages:
+        ids = ctx.meta(stage.name).get("run_ids") or {}
+        if ids:
+            extra.append(f"- `{stage.name}`: " + "; ".join(f"{k}: `{v}`" for k, v in sorted(ids.items())))
+    text = table(["stage", "commit", "compute (min)", "MLflow run (its tables)", "stored results"], rows)
+    if extra:
+        text += "\n\nRuns behind individual numbers (MLflow run ids, or Optuna study and storage):\n\n" + "\n".join(
+            extra
+        )
+    return text
+
+
+def write_document(ctx: ReportContext, stages: Sequence[Stage]) -> Path:
+    """Render every stage from its stored results into ``report.output``; stages not stored say how to compute."""
+    out = Path(ctx.settings.output)
+    parts = [
+        "# dse results: the four papers reproduced or refuted, and dse's own benchmarks",
+        f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python -m dse.report`.",
+        _INTRO.format(store=ctx.link(ctx.store)),
+        _data(ctx, stages),
+        _machines(ctx, stages),
+    ]
+    for i, stage in enumerate(stages, 1):
+        if ctx.is_stored(stage.name):
+            body = stage.render(ctx)
+        else:
+            body = f"Not computed: `python -m dse.report report.stages=[{stage.name}]` computes it."
+        parts.append(f"## {i}. {stage.title}\n\n{body}")
+    parts.append("## Appendix: where each number comes from\n\n" + _appendix(ctx, stages))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(p for p in parts if p) + "\n")
+    return out

@@ -1,0 +1,127 @@
+"""Paper 2: Mitchell's logarithmic multiplier (Mitch-w) on every conv/linear layer, and bfloat16 multiplication.
+
+Without retraining: top-1/top-5 on the full test set against float32 and the exact int8 multiplier, and
+the energy of one multiply-accumulate under dse's cost model against a bfloat16 one. With retraining:
+the Mitch-w6 rows of the retraining stage (section "Paper 4").
+"""
+
+from __future__ import annotations
+
+from dse.assignment import LayerConfig
+from dse.multipliers import get_multiplier
+from dse.report.context import ReportContext
+from dse.report.markdown import pct, points, table
+from dse.report.paper4_retraining import NAME as RETRAINING
+from dse.report.paper4_retraining import assignment_of
+from dse.report.stage import Stage
+
+__all__ = ["STAGE"]
+
+NAME = "mitchell"
+
+
+def _mac_pj(ctx: ReportContext, config: LayerConfig) -> tuple[float, float]:
+    """(multiply, add) energy in pJ of one MAC of a layer under ``config`` (the cost model's per-MAC terms);
+    ``config`` gives weights and activations the same operand type (a multiplier, or one format for both)."""
+    energy = ctx.search_set.energy_model
+    operand = energy.activation_operand(config)
+    multiplier = get_multiplier(config.multiplier) if config.multiplier else None
+    return energy.multiply_pj(operand, operand, multiplier), energy.add_pj(operand, operand)
+
+
+def compute(ctx: ReportContext) -> None:
+    s = ctx.settings.mitchell
+    variants: dict[str, dict[str, object]] = {
+        "fp32": {},
+        "exact_int8": {"multiplier": s.exact_int8},
+        **{str(m): {"multiplier": str(m)} for m in s.multipliers},
+        "bf16": {"weight_format": "bf16", "activation_format": "bf16"},
+    }
+    log = ctx.rows(NAME, "accuracy", ["variant"])
+    test = ctx.test_set
+    for name, knobs in variants.items():
+        if log.has(variant=name):
+            continue
+        assignment = assignment_of(ctx, None, knobs) if knobs else {}
+        m = test.evaluate(assignment, timing=False).metrics
+        mul_pj, add_pj = _mac_pj(ctx, LayerConfig(**knobs))  # type: ignore[arg-type]
+        log.add(
+            {
+                "variant": name,
+                "knobs": str(knobs),
+                "top1": m["accuracy"],
+                "top5": m["accuracy_top5"],
+                "energy_uj": m["energy_uj"],
+                "mac_multiply_pj": mul_pj,
+                "mac_add_pj": add_pj,
+                "test_images": test.evaluator.n_images,
+            }
+        )
+
+
+def render(ctx: ReportContext) -> str:
+    rows = ctx.table(NAME, "accuracy").set_index("variant")
+    fp32, int8, bf16 = rows.loc["fp32"], rows.loc["exact_int8"], rows.loc["bf16"]
+    bf16_mac = bf16["mac_multiply_pj"] + bf16["mac_add_pj"]
+    lines = []
+    for name, r in rows.iterrows():
+        mac = r["mac_multiply_pj"] + r["mac_add_pj"]
+        lines.append(
+            [
+                name,
+                pct(r["top1"]),
+                pct(r["top5"]),
+                points(r["top1"] - fp32["top1"]),
+                points(r["top1"] - int8["top1"]),
+                f"{mac:.3f}",
+                f"{100 * (1 - mac / bf16_mac):.0f}%",
+                f"{r['energy_uj']:.1f}",
+            ]
+        )
+    mitch = [n for n in rows.index if str(n).startswith("mitchell_w")]
+    best = max(mitch, key=lambda n: 100 * (1 - (rows.loc[n, "mac_multiply_pj"] + rows.loc[n, "mac_add_pj"]) / bf16_mac))
+    saving = 100 * (1 - (rows.loc[best, "mac_multiply_pj"] + rows.loc[best, "mac_add_pj"]) / bf16_mac)
+    parts = [
+        f"Every conv/linear layer on the named multiplier (8-bit operands, per-channel weight scales, activation "
+        f"ranges calibrated on 256 search-set images), evaluated bit-exactly on {int(fp32['test_images']):,} test "
+        "images, no retraining. `bf16`: weights and activations rounded to bfloat16, products accumulated in "
+        "float32. Energy per MAC = multiply + add under the cost model (an approximate multiplier's multiply is "
+        "the exact int8 one scaled by its power ratio; a bfloat16 multiply scales with its 8-bit significands).",
+        table(
+            [
+                "variant",
+                "top-1",
+                "top-5",
+                "vs fp32 (points)",
+                "vs exact int8 (points)",
+                "pJ per MAC",
+                "MAC energy saved vs bf16",
+                "model energy (uJ)",
+            ],
+            lines,
+        ),
+        f"**Against the paper's \"up to 80%\".** Under dse's cost model a Mitch-w MAC saves at most {saving:.0f}% "
+        f"of a bfloat16 MAC's energy ({best}). Most of that saving comes from integer arithmetic itself: the exact "
+        f"int8 MAC already saves {100 * (1 - (int8['mac_multiply_pj'] + int8['mac_add_pj']) / bf16_mac):.0f}%, "
+        "because the int32 addition (0.1 pJ) replaces a float32 one (0.9 pJ). The paper's figure compares "
+        "multipliers alone in its own synthesis; ours counts the whole MAC at 45 nm, with Mitchell's power "
+        "taken as an exact int8 multiplier's where no measured power ratio exists.",
+    ]
+    if ctx.is_stored(RETRAINING):
+        retrained = ctx.table(RETRAINING, "retraining").set_index("assignment")
+        found = [n for n in ("mitchell_w6", "mitchell_w6_error_model") if n in retrained.index]
+        if found:
+            parts.append(
+                '**With retraining** (section "Paper 4"): '
+                + "; ".join(
+                    f"{n} ({retrained.loc[n, 'training_forward']} forward) {pct(retrained.loc[n, 'before_top1'])} -> "
+                    f"{pct(retrained.loc[n, 'after_top1'])}, {points(retrained.loc[n, 'after_top1'] - fp32['top1'])} "
+                    "points from float32"
+                    for n in found
+                )
+                + "."
+            )
+    return "\n\n".join(parts)
+
+
+STAGE = Stage(NAME, "Paper 2: Mitchell's multiplier and bfloat16", compute, render)
