@@ -68,14 +68,15 @@ def render(ctx: ReportContext) -> str:
     test_base = float(meta["exact_test_top1"])
     budgets: list[list[object]] = []
     for fraction in s.energy_budgets:
+        budget = f"{100 * fraction:g}% ({fraction * base['energy_uj']:.0f} uJ)"
         fits = front[front["energy_uj"] <= fraction * base["energy_uj"]]
         if fits.empty:
-            budgets.append([f"{100 * fraction:g}%", "-", "nothing on the front fits", "", ""])
+            budgets.append([budget, "-", "no front point fits", "", ""])
             continue
         best = fits.sort_values(["final_accuracy", "accuracy"], ascending=False).iloc[0]
         budgets.append(
             [
-                f"{100 * fraction:g}% ({fraction * base['energy_uj']:.0f} uJ)",
+                budget,
                 int(best["trial"]),
                 pct(best["final_accuracy"]),
                 points(best["final_accuracy"] - test_base),
