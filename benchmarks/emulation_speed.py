@@ -2,9 +2,10 @@
 
 MobileNetV2-for-CIFAR, batch 64, every Conv2d/Linear on one 8x8 table through the
 fast path (``auto``), over the exact float32 model in its fastest memory layout, same
-process, interleaved repeats, medians. Per table: the path each layer kind took, the
-whole-model ratio, the pointwise and depthwise ratios, agreement with the reference
-path bit for bit (4 images), and the process's peak memory so far (ru_maxrss).
+process, interleaved repeats, medians (``--out`` adds the min-max of the per-repeat
+ratios). Per table: the path each layer kind took, the whole-model ratio, the pointwise
+and depthwise ratios, agreement with the reference path bit for bit (4 images), and the
+process's peak memory so far (ru_maxrss).
 
     python benchmarks/emulation_speed.py                    # every shipped table + Mitchell, truncated, DRUM
     python benchmarks/emulation_speed.py --quick            # mitchell_w6_s8 and a high-rank unsigned EvoApprox circuit
@@ -130,6 +131,8 @@ def main() -> None:
                 samples["approx"] += timed(lambda fast=fast: fast(x), 1)
         exact_s = min(statistics.median(samples[k]) for k in layouts)
         approx_s = statistics.median(samples["approx"])
+        # the spread: each repeat's ratio to that repeat's faster exact layout
+        per_repeat = [a / min(samples[k][i] for k in layouts) for i, a in enumerate(samples["approx"])]
         reference = apply_assignment(base, assignment, ranges, path="reference")
         with torch.inference_mode():
             bit_exact = torch.equal(reference(x[:4]), fast(x[:4]))
@@ -152,6 +155,8 @@ def main() -> None:
                 "table": table,
                 "paths": paths,
                 "model_ratio": ratio,
+                "model_ratio_min": min(per_repeat),
+                "model_ratio_max": max(per_repeat),
                 "pointwise_ratio": pw,
                 "depthwise_ratio": dw,
                 "bit_exact": bit_exact,

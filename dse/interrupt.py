@@ -6,6 +6,13 @@ for a retry, closes its MLflow runs, writes the front and says how to resume. Th
 exception is not a KeyboardInterrupt on purpose: Lightning turns a KeyboardInterrupt
 into ``sys.exit(1)`` and ignores every later Ctrl-C. A second signal kills the process
 at once (the default action), for when the clean stop itself hangs.
+
+A signal that lands inside a database call (MLflow's or Optuna's storage, SQLAlchemy, a
+driver) or inside a finalizer is held back until that call returns, and raised in its caller.
+Raised inside SQLAlchemy, an exception that is not an ``Exception`` can leave a connection
+checked out with its write transaction open: SQLite's lock, held by that lost connection,
+then makes every write of the clean stop wait 20 s and fail with "database is locked".
+Raised inside a ``__del__`` or a weakref callback, it would be printed and dropped.
 """
 
 from __future__ import annotations
@@ -13,13 +20,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any, NoReturn
 
-__all__ = ["Interrupted", "stop_on_signals"]
+__all__ = ["Interrupted", "protected_call", "stop_on_signals"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# modules whose calls must not be cut in the middle: they hold a transaction, a lock or a file
+_DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg", "alembic.", "mlflow.", "optuna.storages.")
 
 
 class Interrupted(BaseException):
@@ -35,10 +46,31 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def _in_database(frame: FrameType) -> bool:
+    return str(frame.f_globals.get("__name__", "")).startswith(_DATABASE_MODULES)
+
+
+def _in_finalizer(frame: FrameType) -> bool:
+    return frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") == "weakref"
+
+
+def protected_call(frame: FrameType | None) -> FrameType | None:
+    """The outermost frame of a database call or finalizer that ``frame`` runs in, or None."""
+    outermost = None
+    while frame is not None:
+        if _in_database(frame) or _in_finalizer(frame):
+            outermost = frame
+        frame = frame.f_back
+    return outermost
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, the first SIGINT/SIGTERM raises :class:`Interrupted`; the next one kills.
 
+    A signal arriving inside a database call is raised when that call returns, in its caller;
+    inside a finalizer, at the next call or return after it (a profile hook on the main thread
+    watches for the moment).
     Only the main thread can install handlers: elsewhere (a notebook's worker thread) the block
     runs with the handlers it has.
     """
@@ -47,21 +79,54 @@ def stop_on_signals() -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
     fired = False
+    held: int | None = None  # a signal waiting for a database call to return
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def die(signum: int) -> None:
+        for s in _SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def fire(signum: int) -> NoReturn:
         nonlocal fired
         for s in _SIGNALS:
             signal.signal(s, signal.SIG_DFL)  # a second signal: no more clean-up, exit now
-        if fired:  # this handler came back (Lightning's teardown restores the handlers it found): die now
-            os.kill(os.getpid(), signum)
-            return
         fired = True
         raise Interrupted(signum)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal held
+        if fired or held is not None:
+            # a second signal (or this handler came back after Lightning's teardown restored it): die now
+            die(signum)
+            return
+        call = protected_call(frame)
+        if call is None or sys.getprofile() is not None:  # (a profiler the user runs keeps its hook)
+            fire(signum)
+        held = signum
+        returned = False  # a finalizer's caller drops what it raises: raise at the next call or return after it
+
+        def on_event(current: FrameType, event: str, _arg: Any) -> None:
+            nonlocal returned
+            if returned and event in ("call", "return"):
+                sys.setprofile(None)
+                fire(signum)
+            if event == "return" and current is call:
+                if not _in_database(call):
+                    returned = True
+                    return
+                sys.setprofile(None)
+                fire(signum)  # raised out of the profile hook: it surfaces in the caller of ``call``
+
+        sys.setprofile(on_event)
 
     for s in _SIGNALS:
         signal.signal(s, handler)
     try:
         yield
+        if held is not None and not fired:  # someone else's sys.setprofile removed the hook: raise it here, not never
+            fire(held)
     finally:
+        if held is not None and not fired:
+            sys.setprofile(None)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -152,7 +152,7 @@ def render_emulation(ctx: ReportContext) -> str:
         [
             r["table"],
             r["paths"],
-            f"{r['model_ratio']:.2f}x",
+            f"{r['model_ratio']:.2f}x ({r['model_ratio_min']:.2f}-{r['model_ratio_max']:.2f})",
             f"{r['pointwise_ratio']:.1f}x",
             f"{r['depthwise_ratio']:.1f}x",
             "yes" if r["bit_exact"] else "**no**",
@@ -165,9 +165,9 @@ def render_emulation(ctx: ReportContext) -> str:
         [
             f"`benchmarks/emulation_speed.py`: MobileNetV2-for-CIFAR, batch {int(first['batch'])}, every conv/linear "
             f"layer on one 8x8 multiplier through the fast path dse picks (`emulation.path=auto`), against the exact "
-            f"float32 model in its fastest memory layout; {int(first['repeats'])} interleaved repeats, medians, "
-            f"{int(first['threads'])} threads; bit-exactness checked against the reference path. Exact model: "
-            f"{first['exact_ms']:.0f} ms per batch.",
+            f"float32 model in its fastest memory layout; {int(first['repeats'])} interleaved repeats: median and "
+            f"(min-max) of the per-repeat ratios, {int(first['threads'])} threads; bit-exactness checked against "
+            f"the reference path. Exact model: {first['exact_ms']:.0f} ms per batch.",
             table(
                 [
                     "multiplier",
