@@ -165,9 +165,10 @@ def render_emulation(ctx: ReportContext) -> str:
         [
             f"`benchmarks/emulation_speed.py`: MobileNetV2-for-CIFAR, a batch of {int(first['batch'])} random "
             f"images, every conv/linear layer on one 8x8 multiplier through the fast path dse picks "
-            f"(`emulation.path=auto`), against the exact float32 model in its fastest memory layout; {int(first['repeats'])} interleaved repeats: median and "
-            f"(min-max) of the per-repeat ratios, {int(first['threads'])} threads; bit-exactness checked against "
-            f"the reference path. Exact model: {first['exact_ms']:.0f} ms per batch.",
+            f"(`emulation.path=auto`), against the exact float32 model in its fastest memory layout; "
+            f"{int(first['repeats'])} interleaved repeats: ratio of the medians and (min-max) of the per-repeat "
+            f"ratios, {int(first['threads'])} threads; bit-exactness checked against the reference path. "
+            f"Exact model: {first['exact_ms']:.0f} ms per batch.",
             table(
                 [
                     "multiplier",
