@@ -43,6 +43,25 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_pat
     assert next(t for t in retries if t.system_attrs["failed_trial"] == dead.number).params == {"x": dead.params["x"]}
 
 
+def test_an_enqueued_trial_killed_before_its_parameters_is_retried_with_them(tmp_path: Path) -> None:
+    # The baseline is enqueued; killed before suggesting, its retry must still be the baseline (the study's
+    # hypervolume reference comes from it), not a point the sampler fills in, and another queued point with
+    # no suggested parameters yet must not be taken for it.
+    storage = create_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 0.0})
+    study.enqueue_trial({"x": 0.5})
+    dead = study.ask()  # the first queued trial, its parameter not suggested yet
+    assert dead.params == {}
+    time.sleep(2.2)
+    optuna.storages.fail_stale_trials(study)
+    retry = next(t for t in study.get_trials(states=(TrialState.WAITING,)) if "failed_trial" in t.system_attrs)
+    assert retry.system_attrs["failed_trial"] == dead.number
+    study.ask()  # the other queued point
+    rerun = study.ask()
+    assert rerun.number == retry.number and _objective(rerun) == 0.0
+
+
 @URLS
 def test_a_beating_trial_is_never_failed(tmp_path: Path, url: str) -> None:
     storage = create_storage(url.format(tmp_path), heartbeat_interval=1, grace_period=1)

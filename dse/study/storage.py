@@ -69,19 +69,26 @@ class RetryDeadTrial:
         if len(history) > self.max_retry:
             return
         done_or_queued = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
-        if any(t.params == trial.params for t in done_or_queued):
+        if any(_intended_params(t) == _intended_params(trial) for t in done_or_queued):
             return
+        system_attrs = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
+        if "fixed_params" in trial.system_attrs:
+            # An enqueued trial (the baseline, a seed) killed before all its parameters were suggested: its
+            # retry is enqueued with the same fixed parameters, or the sampler would fill them in at random.
+            system_attrs["fixed_params"] = trial.system_attrs["fixed_params"]
         study.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.WAITING,
                 params=trial.params,
                 distributions=trial.distributions,
-                system_attrs={
-                    "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
-                    "retry_history": history,
-                },
+                system_attrs=system_attrs,
             )
         )
+
+
+def _intended_params(trial: FrozenTrial) -> dict[str, object]:
+    """What a trial was meant to evaluate: an enqueued one's fixed parameters count before they are suggested."""
+    return {**trial.params, **trial.system_attrs.get("fixed_params", {})}
 
 
 def retried_trial(trial: FrozenTrial) -> int | None:
