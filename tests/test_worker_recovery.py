@@ -58,12 +58,24 @@ def _phase(study: optuna.Study, pid: int) -> str:
     return "between trials" if mine else "startup"
 
 
+def _check_none_crashed(procs: list[subprocess.Popen], log: Path) -> None:
+    """Fail at once, with the workers' log, if a worker this test did not kill has exited with an error."""
+    crashed = {proc.pid: proc.returncode for proc in procs if proc.poll() not in (None, 0)}
+    assert not crashed, f"workers exited by themselves (pid: exit code) {crashed}:\n{log.read_text()[-6000:]}"
+
+
 def _wait_for_phase(
-    procs: list[subprocess.Popen], storage: optuna.storages.BaseStorage, want: str, rng: random.Random, timeout: float
+    procs: list[subprocess.Popen],
+    storage: optuna.storages.BaseStorage,
+    want: str,
+    rng: random.Random,
+    timeout: float,
+    log: Path,
 ) -> int | None:
     """The index of a live worker seen in phase ``want`` (a random one if several), or None after ``timeout`` s."""
     until = time.monotonic() + timeout
     while time.monotonic() < until:
+        _check_none_crashed(procs, log)
         try:
             study = optuna.load_study(study_name="quickstart", storage=storage)
         except KeyError:  # not created yet
@@ -92,6 +104,7 @@ def _kill_campaign(
         return sum(seen.values()) >= kills and all(seen[p] >= 2 for p in PHASES)
 
     while not enough() and time.monotonic() < deadline:
+        _check_none_crashed(procs, log)
         try:
             study = optuna.load_study(study_name="quickstart", storage=storage)
             done = len(study.get_trials(states=(TrialState.COMPLETE,)))
@@ -105,7 +118,7 @@ def _kill_campaign(
         else:
             # wait for any worker to be in the wanted phase; on a slow machine a restarted worker can take
             # longer than any fixed wait to start, and killing it anyway would only ever count "startup"
-            i = _wait_for_phase(procs, storage, want, rng, timeout=180)
+            i = _wait_for_phase(procs, storage, want, rng, timeout=180, log=log)
             if i is None:
                 continue
             if want == "mid-trial":
@@ -125,7 +138,7 @@ def _kill_campaign(
                 during = json.loads(text)
                 assert during["complete"] < BUDGET * workers and during["budget"] == BUDGET * workers
         procs[i] = _spawn(workdir, env, args, log)
-    assert enough(), f"only {seen} kills before the deadline"
+    assert enough(), f"only {seen} kills before the deadline:\n{log.read_text()[-6000:]}"
     for proc in procs:
         assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
     return seen

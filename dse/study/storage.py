@@ -12,7 +12,8 @@ A journal file (``journal:///path/to/study.log``, for shared file systems withou
 database) gets the same recovery from leases (:class:`LeaseJournalStorage`): each
 running trial's worker rewrites a small file beside the journal every
 ``heartbeat_interval`` seconds, and a RUNNING trial whose lease is older than
-``grace_period`` is failed and retried exactly as on a database.
+``grace_period`` is failed and retried exactly as on a database; a worker killed while
+appending to the journal does not stall the others (:class:`~dse.study.journal_lock.JournalLock`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sqlalchemy import orm
 
 from dse.exceptions import ConfigError
 from dse.stores import absolute_sqlite_url, retry_on_race
+from dse.study.journal_lock import JournalLock
 
 __all__ = [
     "HeartbeatRDBStorage",
@@ -142,7 +144,8 @@ class LeaseJournalStorage(JournalStorage, BaseHeartbeat):
         grace_period: int | None = None,
         heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
-        super().__init__(JournalFileBackend(str(path)))
+        path = Path(os.path.abspath(path))
+        super().__init__(_journal_backend(path))
         self.leases = Path(f"{path}.leases")
         self.leases.mkdir(exist_ok=True)
         self.heartbeat_interval = heartbeat_interval
@@ -255,13 +258,20 @@ def _open_journal(
         path.parent.mkdir(parents=True, exist_ok=True)
         if heartbeat_interval:
             return LeaseJournalStorage(path, heartbeat_interval, grace_period, retry)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_journal_backend(path))
     except OSError as exc:
         raise ConfigError(
             f"Cannot write the study journal {path}: {exc.strerror or exc}. Point storage.url (or the "
             "DSE_JOURNAL variable) at a file in a writable directory that every worker shares, "
             "e.g. storage.url=journal:///scratch/$USER/dse/study.log."
         ) from None
+
+
+def _journal_backend(path: Path) -> JournalFileBackend:
+    """The journal at ``path`` (made absolute: workers may change directory), locked so that a worker killed
+    while appending does not stall the others (:class:`JournalLock`)."""
+    journal = os.path.abspath(path)
+    return JournalFileBackend(journal, lock_obj=JournalLock(journal))
 
 
 def _mask_password(text: str, url: str) -> str:
