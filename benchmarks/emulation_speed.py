@@ -5,12 +5,15 @@ fast path (``auto``), over the exact float32 model in its fastest memory layout,
 process, interleaved repeats, medians (``--out`` adds the min-max of the per-repeat
 ratios). Per table: the path each layer kind took, the whole-model ratio, the pointwise
 and depthwise ratios, agreement with the reference path bit for bit (4 images), and the
-process's peak memory so far (ru_maxrss).
+process's peak memory so far (ru_maxrss). Then the anchors, on the same model and a
+smaller batch (``--lookup-batch``): one table lookup per product without a compiled
+kernel, the scheme of the lookup-table emulators, as dse's ``table`` and ``reference`` paths.
 
     python benchmarks/emulation_speed.py                    # every shipped table + Mitchell, truncated, DRUM
     python benchmarks/emulation_speed.py --quick            # mitchell_w6_s8 and a high-rank unsigned EvoApprox circuit
     python benchmarks/emulation_speed.py --tables mul8s_1KV9 path/to/luts.npz:mine
     python benchmarks/emulation_speed.py --out emulation_speed.csv   # the table as CSV too
+                                          # (and the lookup anchors as emulation_speed_lookup.csv)
 
 The last line is ``worst_ratio_vs_exact=<max ratio> bit_exact=<true|false>`` over the
 tables measured. Emulation time is the cost of simulating the multiplier on the machine
@@ -25,6 +28,7 @@ import resource
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -32,7 +36,7 @@ from torch import nn
 
 from dse.assignment import LayerConfig, targetable_layers
 from dse.cost.macs import layer_shapes
-from dse.emulation import calibrate_ranges
+from dse.emulation import EmulationPath, calibrate_ranges
 from dse.multipliers import list_multipliers
 from dse.training.models import get_model
 from dse.transform import apply_assignment
@@ -72,6 +76,45 @@ def per_kind_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
     return dict(totals)
 
 
+LOOKUP_PATHS: dict[EmulationPath, str] = {  # the anchors: one table lookup per product, no compiled kernel
+    "table": "weight-specific tables + embedding_bag",
+    "reference": "unfold + one gather per product",
+}
+
+
+def lookup_anchors(base: nn.Module, table: str, ranges: dict, x: torch.Tensor, repeats: int) -> list[dict[str, object]]:
+    """Each of ``LOOKUP_PATHS`` against the exact model on the images ``x``, interleaved over ``repeats``."""
+    assignment = {n: LayerConfig(multiplier=table) for n in targetable_layers(base)}
+    variants = {"exact": base} | {p: apply_assignment(base, assignment, ranges, path=p) for p in LOOKUP_PATHS}
+    samples: dict[str, list[float]] = defaultdict(list)
+    with torch.inference_mode():
+        for m in variants.values():
+            m(x)  # warm-up: weight caches, and the allocator at this batch size
+        for _ in range(repeats):  # interleaved, as for the tables
+            for name, m in variants.items():
+                samples[name] += timed(lambda m=m: m(x), 1)
+    exact = samples["exact"]
+    rows: list[dict[str, object]] = []
+    for path, how in LOOKUP_PATHS.items():
+        per_repeat = [a / e for a, e in zip(samples[path], exact, strict=True)]
+        rows.append(
+            {
+                "table": table,
+                "path": path,
+                "how": how,
+                "model_ratio": statistics.median(samples[path]) / statistics.median(exact),
+                "model_ratio_min": min(per_repeat),
+                "model_ratio_max": max(per_repeat),
+                "lookup_ms": statistics.median(samples[path]) * 1e3,
+                "exact_ms": statistics.median(exact) * 1e3,
+                "batch": len(x),
+                "repeats": repeats,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    return rows
+
+
 QUICK = ["mitchell_w6_s8", "mul8u_NLX"]  # paper 2's Mitch-w6; the highest-rank unsigned EvoApprox error (52)
 FAMILIES = ["mitchell_w4_s8", "mitchell_w6_s8", "mitchell_w8_s8", "truncated_t6_s8", "drum_k4_s8"]
 
@@ -85,6 +128,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--details", action="store_true", help="per layer kind times, in ms")
     parser.add_argument("--out", help="also write the table to this CSV (one row per table)")
+    parser.add_argument(
+        "--lookup-batch",
+        type=int,
+        default=8,
+        help="images for the one-lookup-per-product anchors (0: skip them; they take seconds per image)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,6 +223,17 @@ def main() -> None:
             pd.DataFrame(rows).to_csv(args.out, index=False)
     worst = max(report, key=lambda r: r[1])
     print(f"\nexact fp32 model: {exact_s * 1e3:.1f} ms per batch (last table's run); worst: {worst[0]}")
+    if args.lookup_batch > 0:
+        anchors = lookup_anchors(base, tables[0], ranges, x[: args.lookup_batch], min(repeats, 3))
+        for a in anchors:
+            print(
+                f"anchor, one lookup per product ({a['path']} path: {a['how']}; {a['table']}, batch {a['batch']}): "
+                f"{a['model_ratio']:.1f}x the exact model ({a['model_ratio_min']:.1f}-{a['model_ratio_max']:.1f}x "
+                f"over {a['repeats']} repeats)"
+            )
+        if args.out:
+            out = Path(args.out)
+            pd.DataFrame(anchors).to_csv(out.with_name(f"{out.stem}_lookup.csv"), index=False)
     all_exact = all(r[2] for r in report)
     print(f"worst_ratio_vs_exact={worst[1]:.3f} bit_exact={'true' if all_exact else 'false'}")
 

@@ -55,7 +55,7 @@ TINY = [
     "report.formats.study_overrides=['study.n_trials=4']",
     "report.headline_front.study_overrides=['study.n_trials=5']",
     "report.retraining.train_subset=200",
-    "report.emulation_speed.args=[--tables,mitchell_w6_s8,--repeats,'1',--batch,'4']",
+    "report.emulation_speed.args=[--tables,mitchell_w6_s8,--repeats,'1',--batch,'4',--lookup-batch,'1']",
 ]
 
 
@@ -96,6 +96,12 @@ def test_the_report_is_built_from_the_stored_runs_of_every_stage(workdir: Path) 
     retrained = pd.read_csv(workdir / "store/retraining/retraining.csv").set_index("assignment")
     assert len(retrained) == 6 and retrained.loc["fp32", "before_top1"] == exact
     assert retrained["mlflow_run_id"].drop(index="fp32").str.fullmatch("[0-9a-f]{32}").all()
+    # section 7: the lookup anchors were timed by the same run, and the document quotes them
+    anchors = pd.read_csv(workdir / "store/emulation_speed/emulation_speed_lookup.csv").set_index("path")
+    assert set(anchors.index) == {"table", "reference"} and (anchors["batch"] == 1).all()
+    assert (anchors["lookup_ms"] > 0).all() and (anchors["exact_ms"] > 0).all()
+    for path, r in anchors.iterrows():
+        assert f"**{r['model_ratio']:.0f}x** ({r['model_ratio_min']:.0f}-" in _section(doc, 7), path
     # section 8: the study's trials, its front re-evaluated on the 300 "test" images
     trials = pd.read_csv(workdir / "store/headline_front/trials.csv")
     assert len(trials) == 5 and trials["on_front"].any()
