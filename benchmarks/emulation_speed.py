@@ -5,9 +5,9 @@ fast path (``auto``), over the exact float32 model in its fastest memory layout,
 process, interleaved repeats, medians (``--out`` adds the min-max of the per-repeat
 ratios). Per table: the path each layer kind took, the whole-model ratio, the pointwise
 and depthwise ratios, agreement with the reference path bit for bit (4 images), and the
-process's peak memory so far (ru_maxrss). Then the anchors, on the same model and a
-smaller batch (``--lookup-batch``): one table lookup per product without a compiled
-kernel, the scheme of the lookup-table emulators, as dse's ``table`` and ``reference`` paths.
+process's peak memory so far (ru_maxrss). Then the anchors, on the same model and batch:
+one table lookup per product without a compiled kernel, the scheme of the lookup-table
+emulators, as dse's ``table`` and ``reference`` paths (``--lookup-batch`` to time them on fewer images).
 
     python benchmarks/emulation_speed.py                    # every shipped table + Mitchell, truncated, DRUM
     python benchmarks/emulation_speed.py --quick            # mitchell_w6_s8 and a high-rank unsigned EvoApprox circuit
@@ -131,8 +131,9 @@ def main() -> None:
     parser.add_argument(
         "--lookup-batch",
         type=int,
-        default=8,
-        help="images for the one-lookup-per-product anchors (0: skip them; they take seconds per image)",
+        default=None,
+        help="images for the one-lookup-per-product anchors (default: --batch, comparable with the table; "
+        "8 with --quick; 0: skip them)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -223,8 +224,10 @@ def main() -> None:
             pd.DataFrame(rows).to_csv(args.out, index=False)
     worst = max(report, key=lambda r: r[1])
     print(f"\nexact fp32 model: {exact_s * 1e3:.1f} ms per batch (last table's run); worst: {worst[0]}")
-    if args.lookup_batch > 0:
-        anchors = lookup_anchors(base, tables[0], ranges, x[: args.lookup_batch], min(repeats, 3))
+    default_lookup_batch = 8 if args.quick else args.batch  # --quick keeps them short: seconds per image
+    lookup_batch = default_lookup_batch if args.lookup_batch is None else args.lookup_batch
+    if lookup_batch > 0:
+        anchors = lookup_anchors(base, tables[0], ranges, x[:lookup_batch], min(repeats, 3))
         for a in anchors:
             print(
                 f"anchor, one lookup per product ({a['path']} path: {a['how']}; {a['table']}, batch {a['batch']}): "
