@@ -28,6 +28,8 @@ import resource
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -76,43 +78,71 @@ def per_kind_times(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
     return dict(totals)
 
 
+Layouts = dict[str, tuple[nn.Module, torch.Tensor]]  # the exact model and its input, per memory layout
+
+
+def versus_exact(
+    layouts: Layouts, emulated: dict[str, Callable[[], object]], repeats: int
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """Each emulated forward timed beside the exact model in every layout, interleaved over ``repeats``.
+
+    Returns the exact model's seconds (the median of its fastest layout) and, per emulated variant, its
+    median seconds, the ratio of the medians, and the min-max of the per-repeat ratios (each repeat
+    against that repeat's faster exact layout).
+    """
+    variants = {k: partial(m, inp) for k, (m, inp) in layouts.items()} | emulated
+    samples: dict[str, list[float]] = defaultdict(list)
+    with torch.inference_mode():
+        for forward in variants.values():
+            forward()  # warm-up: weight caches (and the kernel, once), the allocator at this batch size
+        for _ in range(repeats):  # interleaved, so drift hits every variant alike
+            for name, forward in variants.items():
+                samples[name] += timed(forward, 1)
+    exact_s = min(statistics.median(samples[k]) for k in layouts)
+    exact_per_repeat = [min(samples[k][i] for k in layouts) for i in range(repeats)]
+    stats = {}
+    for name in emulated:
+        per_repeat = [a / e for a, e in zip(samples[name], exact_per_repeat, strict=True)]
+        seconds = statistics.median(samples[name])
+        stats[name] = {
+            "seconds": seconds,
+            "ratio": seconds / exact_s,
+            "ratio_min": min(per_repeat),
+            "ratio_max": max(per_repeat),
+        }
+    return exact_s, stats
+
+
 LOOKUP_PATHS: dict[EmulationPath, str] = {  # the anchors: one table lookup per product, no compiled kernel
     "table": "weight-specific tables + embedding_bag",
     "reference": "unfold + one gather per product",
 }
 
 
-def lookup_anchors(base: nn.Module, table: str, ranges: dict, x: torch.Tensor, repeats: int) -> list[dict[str, object]]:
-    """Each of ``LOOKUP_PATHS`` against the exact model on the images ``x``, interleaved over ``repeats``."""
+def lookup_anchors(
+    base: nn.Module, table: str, ranges: dict, layouts: Layouts, repeats: int
+) -> list[dict[str, object]]:
+    """Each of ``LOOKUP_PATHS`` against the exact model in its fastest layout, on the inputs of ``layouts``."""
     assignment = {n: LayerConfig(multiplier=table) for n in targetable_layers(base)}
-    variants = {"exact": base} | {p: apply_assignment(base, assignment, ranges, path=p) for p in LOOKUP_PATHS}
-    samples: dict[str, list[float]] = defaultdict(list)
-    with torch.inference_mode():
-        for m in variants.values():
-            m(x)  # warm-up: weight caches, and the allocator at this batch size
-        for _ in range(repeats):  # interleaved, as for the tables
-            for name, m in variants.items():
-                samples[name] += timed(lambda m=m: m(x), 1)
-    exact = samples["exact"]
-    rows: list[dict[str, object]] = []
-    for path, how in LOOKUP_PATHS.items():
-        per_repeat = [a / e for a, e in zip(samples[path], exact, strict=True)]
-        rows.append(
-            {
-                "table": table,
-                "path": path,
-                "how": how,
-                "model_ratio": statistics.median(samples[path]) / statistics.median(exact),
-                "model_ratio_min": min(per_repeat),
-                "model_ratio_max": max(per_repeat),
-                "lookup_ms": statistics.median(samples[path]) * 1e3,
-                "exact_ms": statistics.median(exact) * 1e3,
-                "batch": len(x),
-                "repeats": repeats,
-                "threads": torch.get_num_threads(),
-            }
-        )
-    return rows
+    x = layouts["nchw"][1]
+    lookups = {p: apply_assignment(base, assignment, ranges, path=p) for p in LOOKUP_PATHS}
+    exact_s, timing = versus_exact(layouts, {p: partial(m, x) for p, m in lookups.items()}, repeats)
+    return [
+        {
+            "table": table,
+            "path": path,
+            "how": how,
+            "model_ratio": timing[path]["ratio"],
+            "model_ratio_min": timing[path]["ratio_min"],
+            "model_ratio_max": timing[path]["ratio_max"],
+            "lookup_ms": timing[path]["seconds"] * 1e3,
+            "exact_ms": exact_s * 1e3,
+            "batch": len(x),
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+        }
+        for path, how in LOOKUP_PATHS.items()
+    ]
 
 
 QUICK = ["mitchell_w6_s8", "mul8u_NLX"]  # paper 2's Mitch-w6; the highest-rank unsigned EvoApprox error (52)
@@ -149,7 +179,7 @@ def main() -> None:
     kinds[next(iter(kinds))] = "first_conv"
     ranges = calibrate_ranges(base, [x[:32]], layers)
     model = copy.deepcopy(base)
-    layouts = {
+    layouts: Layouts = {
         "nchw": (model, x),
         "channels_last": (
             copy.deepcopy(model).to(memory_format=torch.channels_last),
@@ -169,19 +199,8 @@ def main() -> None:
     for table in tables:
         assignment = {n: LayerConfig(multiplier=table) for n in layers}
         fast = apply_assignment(base, assignment, ranges, path="auto")
-        with torch.inference_mode():
-            fast(x)  # warm-up: builds weight caches (and the kernel, once)
-            for m, inp in layouts.values():
-                m(inp)
-            samples: dict[str, list[float]] = defaultdict(list)
-            for _ in range(repeats):  # interleaved, so drift hits every variant alike
-                for k, (m, inp) in layouts.items():
-                    samples[k] += timed(lambda m=m, inp=inp: m(inp), 1)
-                samples["approx"] += timed(lambda fast=fast: fast(x), 1)
-        exact_s = min(statistics.median(samples[k]) for k in layouts)
-        approx_s = statistics.median(samples["approx"])
-        # the spread: each repeat's ratio to that repeat's faster exact layout
-        per_repeat = [a / min(samples[k][i] for k in layouts) for i, a in enumerate(samples["approx"])]
+        exact_s, timing = versus_exact(layouts, {"approx": partial(fast, x)}, repeats)
+        approx = timing["approx"]
         reference = apply_assignment(base, assignment, ranges, path="reference")
         with torch.inference_mode():
             bit_exact = torch.equal(reference(x[:4]), fast(x[:4]))
@@ -194,7 +213,7 @@ def main() -> None:
             group = kinds[name] if kinds[name] in ("pointwise", "depthwise") else "other"
             by_kind[group].add(getattr(module, "path", "-"))
         paths = "/".join(",".join(sorted(by_kind[k])) for k in ("pointwise", "depthwise", "other"))
-        ratio = approx_s / exact_s
+        ratio = approx["ratio"]
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         pw, dw = (kinds_fast[k] / kinds_exact[k] for k in ("pointwise", "depthwise"))
         print(f"{table:>16} {paths:>36} {ratio:>6.2f}x {pw:>7.1f}x {dw:>7.1f}x {bit_exact!s:>9} {peak_gb:>8.2f}")
@@ -207,13 +226,13 @@ def main() -> None:
                 "table": table,
                 "paths": paths,
                 "model_ratio": ratio,
-                "model_ratio_min": min(per_repeat),
-                "model_ratio_max": max(per_repeat),
+                "model_ratio_min": approx["ratio_min"],
+                "model_ratio_max": approx["ratio_max"],
                 "pointwise_ratio": pw,
                 "depthwise_ratio": dw,
                 "bit_exact": bit_exact,
                 "peak_gb": peak_gb,
-                "approx_ms": approx_s * 1e3,
+                "approx_ms": approx["seconds"] * 1e3,
                 "exact_ms": exact_s * 1e3,
                 "batch": args.batch,
                 "repeats": repeats,
@@ -227,7 +246,8 @@ def main() -> None:
     default_lookup_batch = 8 if args.quick else args.batch  # --quick keeps them short: seconds per image
     lookup_batch = default_lookup_batch if args.lookup_batch is None else args.lookup_batch
     if lookup_batch > 0:
-        anchors = lookup_anchors(base, tables[0], ranges, x[:lookup_batch], min(repeats, 3))
+        fewer = {k: (m, inp[:lookup_batch]) for k, (m, inp) in layouts.items()}
+        anchors = lookup_anchors(base, tables[0], ranges, fewer, min(repeats, 3))
         for a in anchors:
             print(
                 f"anchor, one lookup per product ({a['path']} path: {a['how']}; {a['table']}, batch {a['batch']}): "
