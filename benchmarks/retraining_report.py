@@ -21,20 +21,18 @@ resumes from its checkpoint if interrupted. Writes ``retraining_report.csv``; th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from dse.assignment import Assignment, LayerConfig, targetable_layers
-from dse.candidate import candidate_evaluator
+from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, retrain_settings
 from dse.config_paths import CONFIG_DIR
 from dse.retraining import retrain_candidate
-from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.weights import build_trained_model
 
 # name -> (layer groups, knobs, training forward)
 ASSIGNMENTS: dict[str, tuple[list[str] | None, dict[str, object], str]] = {
@@ -71,7 +69,8 @@ def main() -> None:
         )
     model = build_trained_model(cfg.model)
     candidates = candidate_evaluator(cfg, model)  # the full test set
-    tracker: MlflowTracker | None = instantiate(cfg.tracking, experiment="retraining_report") if cfg.tracking else None
+    tracker = build_tracker(cfg, experiment="retraining_report")
+    retrain = retrain_settings(cfg)
     layers = list(targetable_layers(model))
     rows = []
     baseline = candidates.evaluate({}, timing=False).metrics
@@ -83,8 +82,8 @@ def main() -> None:
             for n in layers
             if any(re.fullmatch(p, n) for p in patterns)
         }
-        cfg.retrain.forward = forward
-        result = retrain_candidate(model, assignment, candidates, cfg.retrain, f"report-{name}", tracker)
+        settings = dataclasses.replace(retrain, forward=forward)
+        result = retrain_candidate(model, assignment, candidates, settings, f"report-{name}", tracker)
         rows.append(
             {
                 "assignment": name,

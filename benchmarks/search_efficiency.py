@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 import dse
 from dse.assignment import BASELINE_KEY, assignment_key
-from dse.candidate import candidate_evaluator
+from dse.config_building import build_sampler, build_trained_model, candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.evaluation_cache import EvaluationCache, file_digest
 from dse.search_spaces import BoundSpace, SearchSpace
@@ -69,10 +69,9 @@ from dse.study.replay import (
     trials_to,
     unpack_correct,
 )
-from dse.study.sampler import build_sampler
 from dse.study.screening import ScreeningRule
 from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
-from dse.training.weights import build_trained_model, resolve_weights
+from dse.training.weights import resolve_weights
 
 GRID = [
     "study=mobilenet_cifar10",
@@ -155,7 +154,7 @@ def samplers(
 ) -> dict[str, Callable[[int], optuna.samplers.BaseSampler]]:
     def default(seed: int) -> optuna.samplers.BaseSampler:
         cfg = OmegaConf.merge(sampler_cfg, {"seed": seed})
-        return build_sampler(cfg, bound)  # type: ignore[arg-type]
+        return build_sampler(cfg, bound)
 
     found: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
         DEFAULT: default,

@@ -25,6 +25,7 @@ __all__ = [
     "TargetableLayer",
     "assignment_key",
     "check_layer_names",
+    "needs_activation_ranges",
     "targetable_layers",
 ]
 
@@ -105,3 +106,9 @@ def assignment_key(assignment: Assignment) -> str:
 
 
 BASELINE_KEY = assignment_key({})  # the all-exact model's key: the baseline trial of every study
+
+
+def needs_activation_ranges(assignment: Assignment) -> bool:
+    """Whether applying ``assignment`` quantizes some layer's inputs (a multiplier or an activation
+    format), and so needs calibrated activation ranges."""
+    return any(cfg.multiplier or cfg.activation_format for cfg in assignment.values())

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 
-from dse.assignment import Assignment, LayerConfig
+from dse.assignment import Assignment, LayerConfig, needs_activation_ranges
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
@@ -25,7 +23,7 @@ from dse.transform import apply_assignment
 if TYPE_CHECKING:  # dse.study imports this module
     from dse.study.screening import ScreeningDecision, ScreeningRule
 
-__all__ = ["CandidateEvaluator", "CandidateResult", "PartialEvaluation", "candidate_evaluator"]
+__all__ = ["CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class PartialEvaluation:
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """Every metric of ``dse.study.objectives.TRIAL_METRICS``, and the per-layer cost table."""
+    """Every metric of ``dse.objectives.TRIAL_METRICS``, and the per-layer cost table."""
 
     metrics: dict[str, float]
     layers: pd.DataFrame
@@ -52,7 +50,8 @@ class CandidateEvaluator:
         model: the trained exact model (never modified: candidates are copies).
         evaluator: accuracy and timing on one data set.
         energy_model, latency_model: the cost models.
-        activation_ranges: calibrated input ranges of quantized layers; None = measured on first use.
+        activation_ranges: calibrated input ranges of quantized layers, or a function that gives them
+            (another evaluator's, :meth:`on`); None = measured on this evaluator's images on first use.
         emulation_path, per_channel: how layers on a multiplier are emulated (:func:`dse.transform.apply_assignment`).
 
     Measured time (``evaluator.relative_timing``): (candidate / exact model, interleaved passes) x the
@@ -65,7 +64,7 @@ class CandidateEvaluator:
         model: nn.Module,
         evaluator: Evaluator,
         energy_model: EnergyModel,
-        activation_ranges: dict[str, tuple[float, float]] | None = None,
+        activation_ranges: dict[str, tuple[float, float]] | Callable[[], dict[str, tuple[float, float]]] | None = None,
         latency_model: LatencyModel | None = None,
         emulation_path: EmulationPath = "auto",
         per_channel: bool = True,
@@ -81,9 +80,25 @@ class CandidateEvaluator:
         self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
         self._ranges = activation_ranges  # None: measured on first use
 
+    def on(self, evaluator: Evaluator) -> CandidateEvaluator:
+        """The same candidates measured on ``evaluator``'s images (a held-out set): the same model, cost
+        models and emulation, and *these* activation ranges, so the model measured is the one chosen here.
+        Ranges are calibrated (on this evaluator's calibration images) only if a candidate needs them."""
+        return CandidateEvaluator(
+            self.model,
+            evaluator,
+            self.energy_model,
+            activation_ranges=lambda: self.activation_ranges,
+            latency_model=self.latency_model,
+            emulation_path=self.emulation_path,
+            per_channel=self.per_channel,
+        )
+
     @property
     def activation_ranges(self) -> dict[str, tuple[float, float]]:
         """Input range of every Conv2d/Linear of the exact model, measured once."""
+        if callable(self._ranges):
+            self._ranges = self._ranges()
         if self._ranges is None:
             model = self.model.to(self.evaluator.device)
             self._ranges = calibrate_ranges(model, self.evaluator.calibration_batches(), list(self.shapes))
@@ -124,11 +139,10 @@ class CandidateEvaluator:
 
     def candidate(self, assignment: Assignment) -> nn.Module:
         """The trained model with ``assignment`` applied (a copy)."""
-        needs_ranges = any(cfg.multiplier or cfg.activation_format for cfg in assignment.values())
         return apply_assignment(
             self.model,
             assignment,
-            self.activation_ranges if needs_ranges else None,
+            self.activation_ranges if needs_activation_ranges(assignment) else None,
             path=self.emulation_path,
             per_channel=self.per_channel,
         )
@@ -200,16 +214,3 @@ class CandidateEvaluator:
             "inference_time_min_s": rel.min_s,  # the bare wall clock of the candidate's passes
             "inference_time_max_s": rel.max_s,
         }
-
-
-def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator:
-    """The evaluator of a composed config: its ``evaluation``, ``data``, ``hardware`` and ``emulation`` groups."""
-    evaluator = instantiate(cfg.evaluation)(instantiate(cfg.data))
-    return CandidateEvaluator(
-        model,
-        evaluator,
-        instantiate(cfg.hardware.energy),
-        latency_model=instantiate(cfg.hardware.latency),
-        emulation_path=cfg.emulation.path,
-        per_channel=cfg.emulation.per_channel,
-    )

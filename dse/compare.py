@@ -24,11 +24,12 @@ from optuna.trial import TrialState
 
 from dse.assignment import BASELINE_KEY
 from dse.cli import run_command
+from dse.config_building import build_tracker
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
-from dse.study.objectives import Objective
+from dse.objectives import Objective
+from dse.study.create import load_studies
 from dse.study.storage import describe_storage
-from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import axis_label, axis_scale, hypervolume, is_feasible, normalized_points, staircase
 
 __all__ = ["Comparison", "compare_studies", "run_compare"]
@@ -129,13 +130,7 @@ def run_compare(cfg: DictConfig) -> Comparison:
     names = [str(n) for n in cfg.studies]
     if len(names) < 1:
         raise ConfigError("Name the studies to compare: studies=[a,b] (study names in the storage).")
-    storage = instantiate(cfg.storage)
-    where = describe_storage(cfg.storage.url)
-    existing = sorted(optuna.get_all_study_names(storage))
-    missing = [n for n in names if n not in existing]
-    if missing:
-        raise ConfigError(f"No study {missing} in {where}; the studies there: {existing}. Use studies=[...] of these.")
-    studies = {n: optuna.load_study(study_name=n, storage=storage) for n in names}
+    studies = load_studies(instantiate(cfg.storage), names, describe_storage(cfg.storage.url))
     x, y = str(cfg.compare.x), str(cfg.compare.y)
     comparison = compare_studies(studies, x, y)
     out = Path(cfg.compare.output_dir)
@@ -154,19 +149,17 @@ def run_compare(cfg: DictConfig) -> Comparison:
         comparison.reference[1],
         comparison.summary.to_string(index=False),
     )
-    run_id = None
-    tracker: MlflowTracker | None = instantiate(cfg.tracking) if cfg.tracking else None
-    if tracker is not None:
-        run_id = tracker.log_standalone_run(
-            f"compare-{'-vs-'.join(names)}",
-            {"dse_role": "compare", "dse_studies": ",".join(names)},
-            {"studies": ",".join(names), "x": x, "y": y, "reference": str(comparison.reference)},
-            files,
-        )
-        tracker.log_metrics(run_id, {f"hypervolume_{r.study}": r.hypervolume for r in comparison.summary.itertuples()})
-        tracker.replace_table(run_id, comparison.summary, "compare_summary_table.json")
-        _logger.info("MLflow run %s; files in %s", run_id, out.resolve())
-    return Comparison(comparison.summary, comparison.points, comparison.reference, run_id)
+    tracker = build_tracker(cfg)
+    run_id = tracker.log_standalone_run(
+        f"compare-{'-vs-'.join(names)}",
+        {"dse_role": "compare", "dse_studies": ",".join(names)},
+        {"studies": ",".join(names), "x": x, "y": y, "reference": str(comparison.reference)},
+        files,
+    )
+    tracker.log_metrics(run_id, {f"hypervolume_{r.study}": r.hypervolume for r in comparison.summary.itertuples()})
+    tracker.replace_table(run_id, comparison.summary, "compare_summary_table.json")
+    _logger.info("Files in %s%s", out.resolve(), f"; MLflow run {run_id}" if run_id else "")
+    return Comparison(comparison.summary, comparison.points, comparison.reference, run_id or None)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dse.exceptions import ConfigError
@@ -133,19 +134,9 @@ class Evaluator:
         return len(self.datamodule.test_dataloader().dataset)
 
     def accuracy(self, model: nn.Module) -> AccuracyResult:
-        """Top-1/top-5 accuracy of ``model`` (eval mode) on the test loader."""
-        module = ImageClassifier(model, channels_last=self.channels_last)
-        trainer = L.Trainer(
-            accelerator=self.accelerator,
-            devices=1,
-            plugins=[single_process()],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
-        return AccuracyResult(float(metrics["test/acc_top1"]), float(metrics["test/acc_top5"]), self.n_images)
+        """Top-1/top-5 accuracy of ``model`` (eval mode) on every test image: the mean of :meth:`correct`."""
+        top1, top5 = self.correct(model)
+        return AccuracyResult(float(top1.float().mean()), float(top5.float().mean()), len(top1))
 
     def _batches(self) -> list[torch.Tensor]:
         if self._timing_batches is None:
@@ -171,31 +162,38 @@ class Evaluator:
         assert self._order is not None
         return self._order
 
-    @torch.no_grad()
     def correct(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-1 and top-5 correctness of each test image in ``[start, stop)`` of the evaluation order
         (:attr:`image_order`: a seeded shuffle, so any prefix is a random sample), CPU bool tensors.
 
-        The forward of :meth:`accuracy` (same images, preprocessing and layout) without a Trainer, so a
-        search can evaluate a candidate a slice at a time (``dse.study.screening``) and never twice.
+        The one accuracy path: Lightning's predict loop over the data module's test images, preprocessed
+        once (``on_after_batch_transfer``) and kept on the device, so a search can evaluate a candidate a
+        slice at a time (``dse.study.screening``) and never twice.
         """
-        batches = self._batches()
-        model = model.to(self.device).eval()
-        end = stop if stop is not None else self.n_images
-        top1, top5, first = [], [], 0  # first: index of the batch's first image
-        for x, y in zip(batches, self._labels, strict=True):
-            if first >= end:
-                break
+        end = min(stop if stop is not None else self.n_images, self.n_images)
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        first = 0  # index of the batch's first image
+        for x, y in zip(self._batches(), self._labels, strict=True):
             lo, hi = max(start, first) - first, min(end, first + len(y)) - first
             first += len(y)
-            if hi <= lo:
-                continue
-            logits = model(x[lo:hi])
-            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            top1.append((best[:, 0] == y[lo:hi]).cpu())
-            top5.append((best == y[lo:hi, None]).any(dim=1).cpu())
-        empty = torch.zeros(0, dtype=torch.bool)
-        return (torch.cat(top1) if top1 else empty), (torch.cat(top5) if top5 else empty)
+            if hi > lo:
+                pieces.append((x[lo:hi], y[lo:hi]))
+        if not pieces:
+            empty = torch.zeros(0, dtype=torch.bool)
+            return empty, empty
+        trainer = L.Trainer(
+            accelerator=self.accelerator,
+            devices=1,
+            plugins=[single_process()],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        module = ImageClassifier(model.eval(), channels_last=self.channels_last)
+        out = trainer.predict(module, dataloaders=DataLoader(pieces, batch_size=None))  # type: ignore[arg-type]
+        assert out is not None
+        return torch.cat([t for t, _ in out]), torch.cat([f for _, f in out])
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """``calibration_images`` images picked with a seeded permutation, normalised, on the device."""

@@ -21,15 +21,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
-from dse.candidate import candidate_evaluator
 from dse.cli import run_command
+from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, retrain_settings
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.retraining import RetrainResult, retrain_candidate
 from dse.search_spaces import SearchSpace
+from dse.study.create import load_studies
 from dse.study.storage import describe_storage
-from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.weights import build_trained_model
 
 __all__ = ["RetrainResult", "load_assignment", "run_retrain"]
 
@@ -37,14 +36,8 @@ _logger = logging.getLogger(__name__)
 
 
 def _trial_assignment(cfg: DictConfig, model: torch.nn.Module) -> tuple[Assignment, dict[str, str]]:
-    storage = instantiate(cfg.storage)
-    names = optuna.get_all_study_names(storage)
-    if cfg.study.name not in names:
-        raise ConfigError(
-            f"No study {cfg.study.name!r} in {describe_storage(cfg.storage.url)}; studies there: {sorted(names)}. "
-            "Pick one with study=<name> (and the storage it lives in)."
-        )
-    study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+    name = str(cfg.study.name)
+    study = load_studies(instantiate(cfg.storage), [name], describe_storage(cfg.storage.url))[name]
     complete = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if cfg.trial not in complete:
         raise ConfigError(
@@ -90,8 +83,10 @@ def run_retrain(cfg: DictConfig) -> RetrainResult:
     else:
         assignment = load_assignment(cfg.assignment, model)
         tags, label = {"dse_assignment": str(cfg.assignment)}, f"assignment-{Path(cfg.assignment).stem}"
-    tracker: MlflowTracker | None = instantiate(cfg.tracking) if cfg.tracking else None
-    result = retrain_candidate(model, assignment, candidate_evaluator(cfg, model), cfg.retrain, label, tracker, tags)
+    settings = retrain_settings(cfg)
+    result = retrain_candidate(
+        model, assignment, candidate_evaluator(cfg, model), settings, label, build_tracker(cfg), tags
+    )
     _logger.info("%s (%s): weights %s", label, assignment_key(assignment)[:80], result.weights)
     return result
 

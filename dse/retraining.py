@@ -10,34 +10,83 @@ modified: the candidate is a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
 
-from dse.assignment import Assignment
+from dse.assignment import Assignment, needs_activation_ranges
 from dse.candidate import CandidateEvaluator
 from dse.emulation import use_error_model
 from dse.exceptions import ConfigError
-from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.retraining import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
+from dse.tracking.tracker import NullTracker, Tracker
+from dse.training.retraining_module import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
 from dse.training.weights import save_weights
 from dse.transform import apply_assignment, recalibrate
 from dse.workers import single_process
 
-__all__ = ["RetrainResult", "retrain_candidate"]
+__all__ = ["RetrainResult", "RetrainSettings", "retrain_candidate"]
 
 _logger = logging.getLogger(__name__)
-_SEARCH_ONLY = ("enabled", "on", "max_drop_before", "ckpt_dir")
+_SEARCH_ONLY = ("enabled", "on", "max_drop_before", "ckpt_dir")  # not what decides a retraining's result
+_FORWARDS = ("auto", "bit_exact", "error_model")
 _RESULT = "result.json"  # written last: its presence means "finished", with the settings it finished with
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """How a candidate is retrained: the ``retrain`` config group (``conf/retrain/default.yaml``, which
+    documents each field), built by Hydra.
+
+    ``data`` is the training images' data module (``data@retrain.data``); ``data_record`` is how it was
+    configured, kept with a finished retraining so that a re-run with other data is refused.
+    ``enabled``, ``on`` and ``max_drop_before`` say when the search retrains (:mod:`dse.study.search_retraining`).
+    """
+
+    data: L.LightningDataModule | None = None
+    data_record: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = False
+    on: str = "front"
+    max_drop_before: float | None = None
+    epochs: int = 1
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 5.0e-5
+    label_smoothing: float = 0.0
+    warmup_pct: float = 0.1
+    distill: float = 0.0
+    temperature: float = 4.0
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    forward: str = "auto"
+    error_model_refit_every: int = 50
+    recalibrate: bool = False
+    ckpt_dir: str = "checkpoints/retrain"
+
+    def __post_init__(self) -> None:
+        if self.on not in ("front", "each"):
+            raise ConfigError(f"retrain.on={self.on!r}: choose front (the Pareto trials after the budget) or each.")
+        if self.forward not in _FORWARDS:
+            raise ConfigError(f"retrain.forward={self.forward!r}: choose one of {', '.join(_FORWARDS)}.")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"retrain.epochs={self.epochs!r} must be a whole number >= 1.")
+        if not 0.0 <= float(self.distill) <= 1.0:
+            raise ConfigError(f"retrain.distill={self.distill!r} is a weight in [0, 1] (0 = no distillation).")
+
+    def decisive(self) -> dict[str, Any]:
+        """The settings that decide a retraining's result (kept with it: a re-run with others is refused)."""
+        values = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("data", "data_record")
+        }
+        return {**{k: v for k, v in values.items() if k not in _SEARCH_ONLY}, "data": self.data_record}
 
 
 @dataclass(frozen=True)
@@ -65,25 +114,27 @@ def retrain_candidate(
     model: torch.nn.Module,
     assignment: Assignment,
     candidates: CandidateEvaluator,
-    retrain: DictConfig,
+    retrain: RetrainSettings,
     label: str,
-    tracker: MlflowTracker | None = None,
+    tracker: Tracker | None = None,
     tags: dict[str, str] | None = None,
     before: dict[str, float] | None = None,
 ) -> RetrainResult:
-    """Fine-tune ``assignment`` applied to ``model`` as ``retrain`` (the ``conf/retrain`` group) says.
+    """Fine-tune ``assignment`` applied to ``model`` as ``retrain`` says.
 
     ``before``: the candidate's metrics if already measured (a search trial's), else evaluated here.
     Checkpoints go to ``retrain.ckpt_dir/label``; a re-run with the same label resumes from ``last.ckpt``,
     or, if that retraining finished with the same settings, returns its stored result at once.
-    A diverging run raises :class:`dse.training.retraining.RetrainingDiverged` and is FAILED in MLflow.
+    A diverging run raises :class:`dse.training.retraining_module.RetrainingDiverged` and is FAILED in MLflow.
     """
     r = retrain
+    if r.data is None:
+        raise ConfigError(
+            "Retraining needs training images: set data@retrain.data (e.g. data@retrain.data=cifar10_npz)."
+        )
+    tracker = tracker if tracker is not None else NullTracker()
     ckpt_dir = Path(r.ckpt_dir) / label
-    # what decides the result (not where it is kept, nor when the search asks for it)
-    container = OmegaConf.to_container(r, resolve=True)
-    assert isinstance(container, dict)
-    settings = {str(k): v for k, v in container.items() if k not in _SEARCH_ONLY}
+    settings = r.decisive()  # what decides the result (not where it is kept, nor when the search asks for it)
     finished = _finished(ckpt_dir, settings)
     if finished is not None:
         _logger.info(
@@ -96,7 +147,7 @@ def retrain_candidate(
         return finished
     start = time.perf_counter()
     L.seed_everything(int(r.seed), workers=True)
-    needs_ranges = any(c.multiplier or c.activation_format for c in assignment.values())
+    needs_ranges = needs_activation_ranges(assignment)
     ranges = candidates.activation_ranges if needs_ranges else None
     if before is None:
         before = candidates.evaluate(assignment, timing=False).metrics
@@ -121,26 +172,16 @@ def retrain_candidate(
         warmup_pct=float(r.warmup_pct),
     )
     last = ckpt_dir / "last.ckpt"
-    run_id = None
-    if tracker is not None:
-        tags = {"dse_role": "retrain", "dse_retrain_label": label, "dse_training_forward": forward, **(tags or {})}
-        # a run of this label still RUNNING was killed (one retraining per checkpoint folder at a time)
-        dead = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string=f"tags.dse_retrain_label = '{label}' and attributes.status = 'RUNNING'",
-        )
-        for old in dead:
-            tracker.client.set_terminated(old.info.run_id, status="KILLED")
-        if dead:
-            tags["dse_resumes_run"] = dead[0].info.run_id
-        run = tracker.client.create_run(tracker.experiment_id, run_name=f"retrain-{label}", tags=tags)
-        run_id = run.info.run_id
-        tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
-        tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
-        params: dict[str, object] = {"retrain." + str(k): v for k, v in r.items() if k != "data"}
-        params["training_forward"] = forward
-        params["error_model_layers"] = len(modeled)
-        tracker.log_params(run_id, params)
+    run_tags = {"dse_role": "retrain", "dse_retrain_label": label, "dse_training_forward": forward, **(tags or {})}
+    # a run of this label still RUNNING was killed (one retraining per checkpoint folder at a time)
+    dead = tracker.kill_running_runs("dse_retrain_label", label)
+    if dead:
+        run_tags["dse_resumes_run"] = dead[0]
+    params: dict[str, object] = {"retrain." + k: v for k, v in settings.items() if k != "data"}
+    params.update(training_forward=forward, error_model_layers=len(modeled))
+    run_id = tracker.start_run(f"retrain-{label}", run_tags, params)
+    tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
+    tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1, save_on_train_epoch_end=True),
         DivergenceGuard(float(r.lr)),
@@ -153,7 +194,7 @@ def retrain_candidate(
         accelerator=r.accelerator,
         devices=1,
         plugins=[single_process()],
-        precision=r.precision,
+        precision=r.precision,  # type: ignore[arg-type]  # validated by Lightning
         callbacks=callbacks,
         logger=False,
         enable_model_summary=False,
@@ -170,7 +211,7 @@ def retrain_candidate(
             ckpt_dir,
             f" (resuming {last})" if resume else "",
         )
-        trainer.fit(module, datamodule=instantiate(r.data), ckpt_path=resume)
+        trainer.fit(module, datamodule=r.data, ckpt_path=resume)
         after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
         weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
         recalibrated = None
@@ -187,24 +228,22 @@ def retrain_candidate(
             epochs=int(r.epochs),
             wall_time_s=time.perf_counter() - start,
             weights=weights,
-            run_id=run_id,
+            run_id=run_id or None,
             accuracy_recalibrated=recalibrated,
         )
-        if tracker is not None and run_id is not None:
-            metrics = {
-                "accuracy_after": after.acc_top1,
-                "accuracy_top5_after": after.acc_top5,
-                "retrain_wall_time_s": result.wall_time_s,
-            }
-            if recalibrated is not None:
-                metrics["accuracy_recalibrated"] = recalibrated
-            tracker.log_metrics(run_id, metrics)
-            tracker.client.log_artifact(run_id, str(weights))
+        metrics = {
+            "accuracy_after": after.acc_top1,
+            "accuracy_top5_after": after.acc_top5,
+            "retrain_wall_time_s": result.wall_time_s,
+        }
+        if recalibrated is not None:
+            metrics["accuracy_recalibrated"] = recalibrated
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_file(run_id, weights)
         (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
         status = "FINISHED"
     finally:
-        if tracker is not None and run_id is not None:
-            tracker.client.set_terminated(run_id, status=status)
+        tracker.end_run(run_id, status=status)
     _logger.info(
         "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)%s",
         label,
@@ -237,11 +276,9 @@ def _finished(ckpt_dir: Path, settings: dict[str, Any]) -> RetrainResult | None:
 class _CurveLogger(L.Callback):
     """Training loss and accuracy per epoch to the retraining's MLflow run (its learning curves)."""
 
-    def __init__(self, tracker: MlflowTracker | None, run_id: str | None) -> None:
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker, self.run_id = tracker, run_id
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.tracker is None or self.run_id is None:
-            return
         metrics: dict[str, Any] = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
         self.tracker.log_metrics(self.run_id, metrics, step=trainer.current_epoch)

@@ -20,23 +20,33 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dse.candidate import candidate_evaluator
+from dse.candidate import CandidateEvaluator
 from dse.cli import run_command
+from dse.config_building import (
+    build_sampler,
+    build_tracker,
+    build_trained_model,
+    candidate_evaluator,
+    evaluator_on,
+    hydra_job_number,
+    retrain_settings,
+    study_settings,
+)
 from dse.config_paths import CONFIG_DIR
 from dse.interrupt import Interrupted, stop_on_signals
-from dse.search_spaces import SearchSpace, load_sensitivity, prune_space
+from dse.optuna_internals import storage_of
+from dse.retraining import RetrainSettings
+from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
 from dse.study.create import open_study
 from dse.study.final_evaluation import final_evaluation
-from dse.study.objectives import parse_objectives
-from dse.study.retraining import SearchRetraining, check_retrain_settings, retrained_front
-from dse.study.runner import StudyRunner, StudySettings, count_complete
-from dse.study.sampler import build_sampler
+from dse.study.runner import StudyRunner, count_complete
 from dse.study.screening import ScreeningRule
+from dse.study.search_retraining import RETRAINED, SearchRetraining, check_retrain_settings, retrained_front
+from dse.study.settings import StudySettings
 from dse.study.storage import describe_storage, has_heartbeat
-from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import front_table, plot_retrained_front_png
-from dse.training.weights import build_trained_model
+from dse.tracking.tracker import Tracker
 from dse.workers import sole_sqlite_worker, worker_index
 
 __all__ = ["SearchResult", "main", "run_search"]
@@ -52,20 +62,6 @@ class SearchResult:
     parent_run_id: str | None
 
 
-def _settings(cfg: DictConfig) -> StudySettings:
-    """The loop's settings, validated before anything is created or evaluated."""
-    study = cfg.study
-    return StudySettings(
-        n_trials=study.n_trials,
-        objectives=parse_objectives(OmegaConf.to_container(study.objectives)),  # type: ignore[arg-type]
-        max_accuracy_drop=study.max_accuracy_drop,
-        max_duplicate_streak=study.max_duplicate_streak,
-        max_failure_streak=study.max_failure_streak,
-        timing=bool(study.measure_time),
-        seed_uniform=bool(study.seed_uniform),
-    )
-
-
 def run_search(cfg: DictConfig) -> SearchResult:
     """Run the study described by ``cfg`` until its trial budget is complete.
 
@@ -77,11 +73,24 @@ def run_search(cfg: DictConfig) -> SearchResult:
         return _run_search(cfg, held)
 
 
-def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
-    settings = _settings(cfg)
+@dataclass
+class _Parts:
+    """What a search is made of, built and validated from the config before anything is created."""
+
+    settings: StudySettings
+    screening: ScreeningRule | None
+    retrain: RetrainSettings | None
+    bound: BoundSpace
+    candidates: CandidateEvaluator
+
+
+def _parts(cfg: DictConfig) -> _Parts:
+    settings = study_settings(cfg)
     objectives = list(settings.objectives)
-    check_retrain_settings(cfg.retrain, objectives)
-    screening = (  # validated here, before anything is created
+    retrain = retrain_settings(cfg) if cfg.retrain.enabled or any(o.name == RETRAINED for o in objectives) else None
+    if retrain is not None:
+        check_retrain_settings(retrain, objectives)
+    screening = (
         ScreeningRule(objectives, int(cfg.screening.first_images), float(cfg.screening.alpha))
         if cfg.screening.enabled
         else None
@@ -91,14 +100,23 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
     bound = space.bind(model, dict(cfg.model.layer_groups))
     if cfg.pruning.table:
         bound = prune_space(bound, load_sensitivity(cfg.pruning.table), float(cfg.pruning.max_drop_points))
-    candidates = candidate_evaluator(cfg, model)
-    evaluator = candidates.evaluator
-    held.enter_context(sole_sqlite_worker(str(cfg.storage.url)))  # after validation: bad input creates nothing
-    storage = instantiate(cfg.storage)
+    return _Parts(settings, screening, retrain, bound, candidate_evaluator(cfg, model))
+
+
+def _open(cfg: DictConfig, parts: _Parts) -> optuna.Study:
+    """Create or resume the study, its sampler seeded for this worker."""
     where = describe_storage(cfg.storage.url)
-    study = open_study(cfg.study.name, storage, build_sampler(cfg.sampler, bound), objectives, bound, where)
+    objectives = list(parts.settings.objectives)
+    study = open_study(
+        cfg.study.name,
+        instantiate(cfg.storage),
+        build_sampler(cfg.sampler, parts.bound),
+        objectives,
+        parts.bound,
+        where,
+    )
     grid = str(cfg.sampler.get("_target_", "")).endswith("GridSampler")
-    index = worker_index()
+    index = worker_index(hydra_job_number())
     if (study.trials or index) and cfg.sampler.get("seed") is not None and not grid:
         # A resumed study (or a worker joining one) must not replay the draws of the process that started
         # it: the same seed would propose the same points again, all pruned as duplicates. Shift the seed
@@ -106,52 +124,66 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         # (a job array): still reproducible from the study's state. (Not the grid sampler: its seed fixes
         # the order its stored grid ids refer to, and it never proposes a point twice.)
         seed = int(cfg.sampler.seed) + len(study.trials) + _WORKER_SEED_STRIDE * index
-        shifted = OmegaConf.merge(cfg.sampler, {"seed": seed})
-        study.sampler = build_sampler(shifted, bound)  # type: ignore[arg-type]
+        study.sampler = build_sampler(cfg.sampler, parts.bound, seed=seed)
     _logger.info(
         "Study %r in %s: %d/%d complete trials; %d parameters, %.3g distinct assignments",
         study.study_name,
         where,
         count_complete(study),
-        settings.n_trials,
-        len(bound.params),
-        bound.size,
+        parts.settings.n_trials,
+        len(parts.bound.params),
+        parts.bound.size,
     )
-    tracker: MlflowTracker | None = instantiate(cfg.tracking) if cfg.tracking else None
-    if tracker is not None:
-        summary = {
-            "study": cfg.study.name,
-            "model": cfg.model.name,
-            "weights": cfg.model.weights,
-            "data": cfg.data.path,
-            "search_images": evaluator.n_images,
-            "space": OmegaConf.to_yaml(cfg.space),
-            "sampler": cfg.sampler._target_,
-            "hardware": cfg.hardware.energy.name,
-            "accelerator": cfg.hardware.latency.name,
-            "n_trials": settings.n_trials,
-            "objectives": ",".join(f"{o.name}:{o.direction}" for o in objectives),
-        }
-        parent = tracker.open_parent(study, summary)
-        if cfg.pruning.table:  # the sensitivity behind the pruned space, beside the front
-            table = load_sensitivity(cfg.pruning.table)
-            with tempfile.TemporaryDirectory() as tmp:
-                png = plot_sensitivity(table, str(table["knob"].iloc[0]), Path(tmp) / "sensitivity.png")
-                tracker.client.log_artifact(parent, str(png), "sensitivity")
-        indices = getattr(evaluator.datamodule, "test_indices", None)
-        if indices is not None:
-            tracker.log_json(parent, "search_subset_indices.json", [int(i) for i in indices])
-        _logger.info("MLflow: parent run %s in experiment %r at %s", parent, tracker.experiment, tracker.tracking_uri)
-    retraining = SearchRetraining(model, bound, candidates, cfg.retrain, tracker) if cfg.retrain.enabled else None
+    return study
+
+
+def _open_parent_run(cfg: DictConfig, tracker: Tracker, study: optuna.Study, parts: _Parts) -> None:
+    """The study's parent run: what was searched, the search subset's indices, the sensitivity behind pruning."""
+    evaluator = parts.candidates.evaluator
+    summary = {
+        "study": cfg.study.name,
+        "model": cfg.model.name,
+        "weights": cfg.model.weights,
+        "data": cfg.data.path,
+        "search_images": evaluator.n_images,
+        "space": OmegaConf.to_yaml(cfg.space),
+        "sampler": cfg.sampler._target_,
+        "hardware": cfg.hardware.energy.name,
+        "accelerator": cfg.hardware.latency.name,
+        "n_trials": parts.settings.n_trials,
+        "objectives": ",".join(f"{o.name}:{o.direction}" for o in parts.settings.objectives),
+    }
+    tracker.open_parent(study, summary)
+    if cfg.pruning.table:  # the sensitivity behind the pruned space, beside the front
+        table = load_sensitivity(cfg.pruning.table)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_sensitivity(table, str(table["knob"].iloc[0]), Path(tmp) / "sensitivity.png")
+            tracker.log_parent_file(png, "sensitivity")
+    indices = getattr(evaluator.datamodule, "test_indices", None)
+    if indices is not None:
+        tracker.log_parent_json("search_subset_indices.json", [int(i) for i in indices])
+
+
+def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
+    parts = _parts(cfg)
+    held.enter_context(sole_sqlite_worker(str(cfg.storage.url)))  # after validation: bad input creates nothing
+    study = _open(cfg, parts)
+    tracker = build_tracker(cfg)
+    _open_parent_run(cfg, tracker, study, parts)
+    retraining = (
+        SearchRetraining(parts.candidates.model, parts.bound, parts.candidates, parts.retrain, tracker)
+        if parts.retrain is not None and parts.retrain.enabled
+        else None
+    )
     runner = StudyRunner(
         study,
-        bound,
-        candidates,
-        settings,
+        parts.bound,
+        parts.candidates,
+        parts.settings,
         tracker,
-        running_is_live=has_heartbeat(storage),
+        running_is_live=has_heartbeat(storage_of(study)),
         retraining=retraining if cfg.retrain.on == "each" else None,
-        screening=screening,
+        screening=parts.screening,
     )
     status = "FAILED"
     try:
@@ -163,12 +195,12 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         final = None
         if cfg.final_eval.enabled:
             final = final_evaluation(
-                study, bound, candidates, lambda: instantiate(cfg.final_eval.data), instantiate(cfg.evaluation), tracker
+                study, parts.bound, parts.candidates, lambda: evaluator_on(cfg, cfg.final_eval.data), tracker
             )
         runner.publish(done, final=True)
-        if tracker is not None and tracker.parent_run_id is not None and final is not None:
-            merged = front_table(study, objectives).merge(final, on="trial", how="left")
-            tracker.log_table(tracker.parent_run_id, merged, "pareto_front_final.csv", artifact_path="pareto")
+        if final is not None:
+            merged = front_table(study, parts.settings.objectives).merge(final, on="trial", how="left")
+            tracker.log_parent_table(merged, "pareto_front_final.csv", artifact_path="pareto")
         status = "FINISHED"
     except Interrupted as exc:
         status = "KILLED"
@@ -177,11 +209,10 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         exc.reported = True
         raise
     finally:
-        if tracker is not None:
-            tracker.close_parent(status)
-    front = front_table(study, objectives)
+        tracker.close_parent(status)
+    front = front_table(study, parts.settings.objectives)
     _logger.info(end_of_search_message(study, front, tracker))
-    return SearchResult(study, front, tracker.parent_run_id if tracker else None)
+    return SearchResult(study, front, tracker.parent_run_id)
 
 
 def interrupted_message(study: optuna.Study, runner: StudyRunner, exc: Interrupted) -> str:
@@ -210,7 +241,7 @@ def _assignment_summary(params: dict[str, object]) -> str:
     )
 
 
-def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: MlflowTracker | None) -> str:
+def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: Tracker) -> str:
     """What the search found and where to look: the front as a small table, its artifacts, the UI command."""
     lines = [f"Done: {count_complete(study)} complete trials, {len(front)} on the Pareto front."]
     if not front.empty:
@@ -227,28 +258,20 @@ def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: Mlf
         params = {t.number: t.params for t in study.best_trials}
         table["assignment"] = [_assignment_summary(params[int(n)])[:90] for n in front["trial"]]
         lines += ["", table.to_string(index=False), ""]
-    if tracker is not None and tracker.parent_run_id is not None:
-        run = tracker.client.get_run(tracker.parent_run_id)
-        lines += [
-            f"Front artifacts: {run.info.artifact_uri}/pareto/ (pareto_front.html, .png, .csv, pareto_assignments.png)",
-            f"Open them: mlflow ui --backend-store-uri {tracker.tracking_uri}",
-            f"  then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}",
-        ]
+    lines += tracker.where()
     return "\n".join(lines)
 
 
-def _publish_retrained(study: optuna.Study, tracker: MlflowTracker | None) -> None:
+def _publish_retrained(study: optuna.Study, tracker: Tracker) -> None:
     """The retrained trials before and after (CSV + plot with arrows) on the parent run, and in the log."""
     table = retrained_front(study)
     if table.empty:
         return
     _logger.info("Accuracy before and after retraining (search set):\n%s", table.to_string(index=False))
-    if tracker is None or tracker.parent_run_id is None:
-        return
-    tracker.log_table(tracker.parent_run_id, table, "pareto_front_retrained.csv", artifact_path="pareto")
+    tracker.log_parent_table(table, "pareto_front_retrained.csv", artifact_path="pareto")
     with tempfile.TemporaryDirectory() as tmp:
         path = plot_retrained_front_png(table, Path(tmp) / "pareto_front_retrained.png")
-        tracker.client.log_artifact(tracker.parent_run_id, str(path), artifact_path="pareto")
+        tracker.log_parent_file(path, artifact_path="pareto")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

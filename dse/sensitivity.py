@@ -17,18 +17,15 @@ from typing import Any
 
 import hydra
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from dse.assignment import LayerConfig
-from dse.candidate import candidate_evaluator
 from dse.cli import run_command
+from dse.config_building import build_tracker, build_trained_model, candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.search_spaces import resolve_groups
-from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.weights import build_trained_model
 
 __all__ = ["plot_sensitivity", "run_sensitivity"]
 
@@ -106,15 +103,14 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
     csv, png = out / f"sensitivity_{sens.knob}.csv", out / f"sensitivity_{sens.knob}.png"
     table.to_csv(csv, index=False)
     plot_sensitivity(table, sens.knob, png)
-    if cfg.tracking:
-        tracker: MlflowTracker = instantiate(cfg.tracking)
-        run_id = tracker.log_standalone_run(
-            f"sensitivity-{cfg.model.name}-{sens.knob}",
-            {"dse_role": "sensitivity", "dse_knob": sens.knob},
-            {"baseline_accuracy": base["accuracy"], "model": cfg.model.name, "granularity": sens.granularity},
-            [csv, png],
-            artifact_path="sensitivity",
-        )
+    run_id = build_tracker(cfg).log_standalone_run(
+        f"sensitivity-{cfg.model.name}-{sens.knob}",
+        {"dse_role": "sensitivity", "dse_knob": sens.knob},
+        {"baseline_accuracy": base["accuracy"], "model": cfg.model.name, "granularity": sens.granularity},
+        [csv, png],
+        artifact_path="sensitivity",
+    )
+    if run_id:
         _logger.info("Sensitivity logged to MLflow run %s", run_id)
     _logger.info("Baseline accuracy %.4f; table %s, plot %s", base["accuracy"], csv, png)
     return table

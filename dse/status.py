@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError, DSEError
+from dse.objectives import Objective
 from dse.stores import SQLITE_PREFIX
-from dse.study.objectives import Objective
+from dse.study.create import load_studies
 from dse.study.storage import describe_storage
 from dse.tracking.pareto import front_hypervolume
 
@@ -191,15 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"No study storage at {local.resolve()}: no search has run there yet. Run the status command "
                 "where the search runs (the same directory, storage= and storage.url= overrides)."
             )
-        storage = instantiate(cfg.storage)
-        names = optuna.get_all_study_names(storage)
-        if cfg.study.name not in names:
-            listed = ", ".join(sorted(names)) or "none"
-            raise ConfigError(
-                f"No study {cfg.study.name!r} in {where}. Studies there: {listed}. "
-                "Pick one with study.name=<name> (and storage=... for another storage)."
-            )
-        study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+        study = load_studies(instantiate(cfg.storage), [str(cfg.study.name)], where)[str(cfg.study.name)]
         status = study_status(study, where, int(cfg.study.n_trials))
     except DSEError as exc:
         _logger.error("%s", exc)

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from dse.assignment import Assignment, check_layer_names, targetable_layers
 from dse.emulation import EmulationPath, approximate_layer, calibrate_ranges
-from dse.emulation.layers import _Emulated
+from dse.emulation.emulated import EmulatedLayer
 from dse.exceptions import SearchSpaceError
 from dse.numerics.decimal_places import round_to_decimals
 from dse.numerics.formats import NumberFormat, parse_format
@@ -25,7 +25,7 @@ from dse.numerics.formats import NumberFormat, parse_format
 __all__ = ["RoundInput", "RoundWeight", "apply_assignment", "recalibrate"]
 
 
-class _StraightThrough(torch.autograd.Function):
+class _RoundingStraightThrough(torch.autograd.Function):
     """Forward: ``rounded`` exactly (so training sees the evaluation's numbers bit for bit);
     backward: the identity to ``x`` (the straight-through estimator of a rounding)."""
 
@@ -43,7 +43,7 @@ def _straight_through(x: torch.Tensor, rounding: Callable[[torch.Tensor], torch.
         return rounding(x)
     with torch.no_grad():
         rounded = rounding(x.detach())
-    return _StraightThrough.apply(x, rounded)
+    return _RoundingStraightThrough.apply(x, rounded)
 
 
 class RoundInput:
@@ -145,12 +145,12 @@ def recalibrate(net: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, tu
     quantized = {
         name: m
         for name, m in net.named_modules()
-        if isinstance(m, _Emulated) or any(isinstance(h, RoundInput) for h in m._forward_pre_hooks.values())
+        if isinstance(m, EmulatedLayer) or any(isinstance(h, RoundInput) for h in m._forward_pre_hooks.values())
     }
     ranges = calibrate_ranges(net, batches, list(quantized))
     for name, (lo, hi) in ranges.items():
         module = quantized[name]
-        if isinstance(module, _Emulated):
+        if isinstance(module, EmulatedLayer):
             module.set_activation_range(lo, hi)
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, RoundInput) and math.isfinite(hook.lo):

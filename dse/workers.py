@@ -15,9 +15,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import LightningEnvironment
-from omegaconf import OmegaConf
 
 from dse.exceptions import ConfigError
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url
@@ -40,18 +38,14 @@ def scheduler_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def worker_index() -> int:
-    """This worker's index among those launched together: the SLURM array task, else Hydra's multirun
-    job number, else 0. Workers started at the same moment shift their sampler seed by it, so they do
-    not all propose the same first points."""
+def worker_index(job_number: int | None = None) -> int:
+    """This worker's index among those launched together: the SLURM array task, else ``job_number`` (a
+    Hydra multirun's, which the command passes), else 0. Workers started at the same moment shift their
+    sampler seed by it, so they do not all propose the same first points."""
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     if task and task.isdigit():
         return int(task)
-    if HydraConfig.initialized():
-        num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # type: ignore[arg-type]  # multirun only
-        if num is not None:
-            return int(num)
-    return 0
+    return job_number or 0
 
 
 def allocated_threads(configured: int | None) -> int | None:

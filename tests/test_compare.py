@@ -50,4 +50,4 @@ def test_a_study_that_does_not_exist_is_named_with_the_ones_that_do(workdir: Pat
     proc = run_module(workdir, "dse.compare", "studies=[quickstart,nope]")
     out = proc.stderr + proc.stdout
     assert proc.returncode == 2 and "Traceback" not in out
-    assert "No study ['nope']" in out and "['quickstart', 'quickstart_formats']" in out
+    assert "No study 'nope'" in out and "Studies there: quickstart, quickstart_formats." in out

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dse.emulation import ErrorStats, approximate_layer, fit_error_models, use_error_model
+from dse.emulation import LayerErrorModel, approximate_layer, fit_error_models, use_error_model
 from dse.testing import SHAPES, make_layer
 
 KINDS = [s for s in SHAPES if s.name in ("regular", "depthwise", "grouped", "strided_padded", "linear")]
@@ -17,7 +17,7 @@ def test_the_fit_recovers_a_known_gain_offset_and_noise() -> None:
     exact = torch.randn(4000, 3, generator=gen) * torch.tensor([1.0, 5.0, 0.1])
     gain, offset, std = torch.tensor([-0.04, 0.0, 0.1]), torch.tensor([0.0, 0.3, -0.01]), torch.tensor([0.02, 0.5, 0.0])
     approx = exact * (1 + gain) + offset + std * torch.randn(exact.shape, generator=gen)
-    stats = ErrorStats.fit(exact, approx, channel_dim=1)
+    stats = LayerErrorModel.fit(exact, approx, channel_dim=1)
     torch.testing.assert_close(stats.gain, gain, atol=0.005, rtol=0)
     torch.testing.assert_close(stats.offset, offset, atol=0.03, rtol=0)
     torch.testing.assert_close(stats.std, std, atol=0.02, rtol=0)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from dse.assignment import LayerConfig
-from dse.candidate import candidate_evaluator
+from dse.config_building import build_trained_model, candidate_evaluator
 from dse.evaluation_cache import EvaluationCache
-from dse.training.weights import build_trained_model
 from tests.conftest import FAST, compose_config
 
 

@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from dse.interrupt import Interrupted, protected_call, stop_on_signals
 
+pytestmark = pytest.mark.slow  # timing-sensitive: waits on real processes and clocks
+
 SLOW_WRITE_S = 2.0  # a write behind a lost lock waits MLflow's 20 s busy timeout, then fails
 
 

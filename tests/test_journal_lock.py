@@ -14,6 +14,8 @@ import pytest
 
 from dse.study.journal_lock import JournalLock, _machine
 
+pytestmark = pytest.mark.slow  # timing-sensitive: waits on real processes and clocks
+
 # dies holding the lock: SIGKILLed inside an append, after the write and before the lock is released
 _KILLED_WHILE_APPENDING = """
 import os, signal, optuna

@@ -11,11 +11,10 @@ import pytest
 from hydra.utils import instantiate
 
 from dse.assignment import assignment_key
-from dse.candidate import candidate_evaluator
+from dse.config_building import build_trained_model, candidate_evaluator
 from dse.study.replay import OBJECTIVES, ORACLE, mark_true_front, replay
 from dse.study.screening import ScreeningRule
 from dse.tracking.pareto import hypervolume, normalized_points
-from dse.training.weights import build_trained_model
 from tests.conftest import compose_config
 
 SPACE = ["space.groups=[pointwise,depthwise,first_conv]", "space.decimals=[1,2]", "data.test_subset=1000"]

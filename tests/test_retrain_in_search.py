@@ -10,8 +10,8 @@ import pytest
 
 from dse.exceptions import ConfigError
 from dse.search import run_search
-from dse.study.retraining import retrained_accuracy, retrained_front
 from dse.study.runner import BASELINE_KEY
+from dse.study.search_retraining import retrained_accuracy, retrained_front
 from tests.conftest import CIFAR10_NPZ, FAST, compose_config, needs_cifar10
 
 pytestmark = [pytest.mark.slow, needs_cifar10]

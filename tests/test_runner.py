@@ -7,8 +7,8 @@ from hydra.utils import instantiate
 
 from dse.candidate import CandidateEvaluator
 from dse.evaluation import Evaluator
+from dse.objectives import Objective
 from dse.search_spaces import decimal_places_space
-from dse.study.objectives import Objective
 from dse.study.runner import StudyRunner, StudySettings
 from dse.training.cifar10 import CIFAR10DataModule
 from dse.training.models import get_model
@@ -55,7 +55,7 @@ def test_constraint_marks_large_accuracy_drops_infeasible(candidates: CandidateE
         n_trials=3,
         objectives=[Objective("accuracy", "maximize"), Objective("energy_uj", "minimize")],
         max_accuracy_drop=0.02,
-        timing=False,
+        measure_time=False,
     )
     StudyRunner(study, space, candidates, settings).run()
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

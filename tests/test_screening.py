@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from dse.exceptions import ConfigError
+from dse.objectives import Objective
 from dse.search import run_search
-from dse.study.objectives import Objective
 from dse.study.screening import ScreeningRule, binomial_cdf, clopper_pearson_upper
 from dse.study.storage import create_storage
 from tests.conftest import compose_config

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from dse.objectives import parse_objectives
 from dse.search import run_search
-from dse.study.objectives import parse_objectives
 from dse.study.storage import create_storage
 from tests.conftest import FAST, compose_config, run_module
 
@@ -178,8 +178,8 @@ def test_a_dead_running_trial_never_blocks_its_own_retry(workdir: Path) -> None:
 
     from dse.assignment import assignment_key
     from dse.candidate import CandidateEvaluator
+    from dse.config_building import build_trained_model
     from dse.study.runner import StudyRunner, StudySettings
-    from dse.training.weights import build_trained_model
 
     cfg = compose_config(["study=quickstart", "study.n_trials=2", "tracking=none", *FAST])
     study = run_search(cfg).study

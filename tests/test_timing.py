@@ -18,8 +18,8 @@ import time
 import pytest
 
 from dse.assignment import LayerConfig
-from dse.candidate import CandidateEvaluator, candidate_evaluator
-from dse.training.weights import build_trained_model
+from dse.candidate import CandidateEvaluator
+from dse.config_building import build_trained_model, candidate_evaluator
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow

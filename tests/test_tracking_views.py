@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
+from dse.objectives import Objective
 from dse.search import end_of_search_message, run_search
-from dse.study.objectives import Objective
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import hypervolume, normalized_points
 from tests.conftest import FAST, compose_config

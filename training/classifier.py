@@ -84,6 +84,14 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image correctness (top-1, top-5) of a batch: what every accuracy dse reports is counted from,
+        so that two models are compared image by image (paired tests) and a slice can be evaluated alone."""
+        x, y = batch
+        logits = self(x)
+        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        return (best[:, 0] == y).cpu(), (best == y[:, None]).any(dim=1).cpu()
+
     def configure_optimizers(self) -> Any:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []

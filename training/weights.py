@@ -7,7 +7,6 @@ or a path to a ``.pt`` file holding a ``state_dict`` (or a Lightning ``.ckpt``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from torch import nn
 from dse.exceptions import CheckpointError
 from dse.training.assets import SHIPPED, resolve_asset
 
-__all__ = ["build_trained_model", "list_weights", "load_weights", "resolve_weights", "save_weights"]
+__all__ = ["list_weights", "load_weights", "resolve_weights", "save_weights"]
 
 
 def list_weights() -> list[str]:
@@ -64,11 +63,3 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, path)
     return path
-
-
-def build_trained_model(model_cfg: Any) -> nn.Module:
-    """A model config's architecture (``builder``, instantiated by Hydra) with its ``weights``, in eval mode."""
-    from hydra.utils import instantiate
-
-    model = instantiate(model_cfg.builder)
-    return load_weights(model, str(model_cfg.weights)).eval()

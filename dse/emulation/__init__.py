@@ -5,21 +5,26 @@
 - :mod:`._fused`: the same factors as one lookup (or a floor) + one conv (signed tables);
 - :mod:`._exact_sums`: integer sums kept exact in floating point;
 - :mod:`._tables`: weight-specific lookup tables (any table);
+- :mod:`.path_choice`: which of them a layer takes, chosen once;
+- :mod:`.emulated`: what every emulated layer shares (quantization, calibration, the paths' dispatch);
 - :mod:`.layers`: the drop-in ``ApproxConv2d`` / ``ApproxLinear``;
 - :mod:`.calibration`: activation ranges measured once;
-- :mod:`.error_model`: a fitted error model, an optional fast training forward.
+- :mod:`.error_stats`, :mod:`.error_model`: a fitted error model, an optional fast training forward.
 """
 
 from .calibration import calibrate_ranges
-from .error_model import ErrorStats, fit_error_models, use_error_model
+from .emulated import EmulatedLayer
+from .error_model import fit_error_models, use_error_model
+from .error_stats import LayerErrorModel
 from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer, training_memory_format
 from .reference import lut_conv2d_reference, lut_linear_reference
 
 __all__ = [
     "ApproxConv2d",
     "ApproxLinear",
+    "EmulatedLayer",
     "EmulationPath",
-    "ErrorStats",
+    "LayerErrorModel",
     "approximate_layer",
     "calibrate_ranges",
     "fit_error_models",

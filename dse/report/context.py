@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from dse.candidate import CandidateEvaluator, candidate_evaluator
-from dse.tracking.mlflow_tracker import MlflowTracker
-from dse.training.weights import build_trained_model
+from dse.candidate import CandidateEvaluator
+from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, evaluator_on
+from dse.tracking.tracker import Tracker
 
 __all__ = ["ReportContext", "RowLog"]
 
@@ -122,25 +121,15 @@ class ReportContext:
     def test_set(self) -> CandidateEvaluator:
         """Candidates evaluated on the full test set (``final_eval.data``), with the search set's activation
         ranges: the model measured is the one a search scores."""
-        search = self.search_set
-        return CandidateEvaluator(
-            search.model,
-            instantiate(self.cfg.evaluation)(instantiate(self.cfg.final_eval.data)),
-            search.energy_model,
-            activation_ranges=search.activation_ranges,
-            latency_model=search.latency_model,
-            emulation_path=search.emulation_path,
-            per_channel=search.per_channel,
-        )
+        return self.search_set.on(evaluator_on(self.cfg, self.cfg.final_eval.data))
 
     @cached_property
-    def tracker(self) -> MlflowTracker | None:
-        return instantiate(self.cfg.tracking, experiment="report") if self.cfg.tracking else None
+    def tracker(self) -> Tracker:
+        return build_tracker(self.cfg, experiment="report")
 
     def log_run(self, stage: str, params: Mapping[str, object], files: Iterable[Path]) -> str | None:
         """One MLflow run holding a stage's stored tables: the id the appendix lists."""
-        if self.tracker is None:
-            return None
-        return self.tracker.log_standalone_run(
+        run_id = self.tracker.log_standalone_run(
             f"report-{stage}", {"dse_role": "report", "dse_report_stage": stage}, params, list(files), stage
         )
+        return run_id or None

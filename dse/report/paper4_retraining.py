@@ -7,14 +7,16 @@ evaluated bit-exactly on the full test set. Checkpoints make an interrupted stag
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from dse.assignment import Assignment, LayerConfig, targetable_layers
+from dse.config_building import retrain_settings
 from dse.report.context import ReportContext
 from dse.report.markdown import pct, points, table
 from dse.report.stage import Stage
@@ -38,11 +40,9 @@ def assignment_of(ctx: ReportContext, groups: list[str] | None, knobs: Mapping[s
 
 def compute(ctx: ReportContext) -> None:
     s = ctx.settings.retraining
-    retrain = OmegaConf.merge(
-        ctx.cfg.retrain,
-        {"epochs": s.epochs, "data": {"train_subset": s.train_subset}, "ckpt_dir": str(ctx.work_dir / "checkpoints")},
+    retrain = retrain_settings(
+        ctx.cfg, epochs=s.epochs, data={"train_subset": s.train_subset}, ckpt_dir=str(ctx.work_dir / "checkpoints")
     )
-    assert isinstance(retrain, DictConfig)
     candidates = ctx.test_set
     log = ctx.rows(NAME, "retraining", ["assignment"])
     if not log.has(assignment="fp32"):
@@ -62,8 +62,8 @@ def compute(ctx: ReportContext) -> None:
             continue
         groups = list(spec.groups) if spec.groups else None
         assignment = assignment_of(ctx, groups, OmegaConf.to_container(spec.knobs))  # type: ignore[arg-type]
-        retrain.forward = spec.forward
-        result = retrain_candidate(ctx.model, assignment, candidates, retrain, f"report-{name}", ctx.tracker)
+        settings = dataclasses.replace(retrain, forward=str(spec.forward))
+        result = retrain_candidate(ctx.model, assignment, candidates, settings, f"report-{name}", ctx.tracker)
         log.add(
             {
                 "assignment": name,

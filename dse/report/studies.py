@@ -16,8 +16,8 @@ import optuna
 import pandas as pd
 
 from dse.exceptions import DSEError
+from dse.objectives import Objective
 from dse.report.context import ReportContext
-from dse.study.objectives import Objective
 from dse.study.storage import create_storage
 from dse.tracking.pareto import trials_table
 

@@ -6,10 +6,10 @@ import optuna
 from optuna.storages import BaseStorage
 
 from dse.exceptions import ConfigError
+from dse.objectives import Objective
 from dse.search_spaces import BoundSpace
-from dse.study.objectives import Objective
 
-__all__ = ["open_study"]
+__all__ = ["load_studies", "open_study"]
 
 
 def open_study(
@@ -56,6 +56,20 @@ def open_study(
             f"study.name={_free_name(name, storage)}"
         )
     return study
+
+
+def load_studies(storage: BaseStorage, names: list[str], where: str) -> dict[str, optuna.Study]:
+    """The studies ``names`` in ``storage``; a missing one is refused with the names that are there.
+    ``where`` names the storage in the message (password masked)."""
+    existing = sorted(optuna.get_all_study_names(storage))
+    missing = [n for n in names if n not in existing]
+    if missing:
+        listed = ", ".join(existing) or "none"
+        raise ConfigError(
+            f"No study {', '.join(map(repr, missing))} in {where}. Studies there: {listed}. "
+            "Name one of these (study.name=<name>, or studies=[...] to compare), and storage=... for another storage."
+        )
+    return {n: optuna.load_study(study_name=n, storage=storage) for n in names}
 
 
 def _free_name(name: str, storage: BaseStorage) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import lightning as L
 import optuna
 import pandas as pd
 
@@ -13,7 +12,7 @@ from dse.candidate import CandidateEvaluator
 from dse.evaluation import Evaluator
 from dse.exceptions import DataError
 from dse.search_spaces import BoundSpace
-from dse.tracking.mlflow_tracker import MlflowTracker
+from dse.tracking.tracker import Tracker
 
 __all__ = ["final_evaluation"]
 
@@ -30,9 +29,8 @@ def final_evaluation(
     study: optuna.Study,
     space: BoundSpace,
     search: CandidateEvaluator,
-    datamodule: Callable[[], L.LightningDataModule],
-    evaluator: Callable[[L.LightningDataModule], Evaluator],
-    tracker: MlflowTracker | None,
+    held_out: Callable[[], Evaluator],
+    tracker: Tracker,
 ) -> pd.DataFrame | None:
     """Accuracy of every Pareto trial on the full test set (kept in study attrs: never redone).
 
@@ -41,7 +39,7 @@ def final_evaluation(
     had, the reason and the ways to get it are logged and None is returned.
     """
     try:
-        full = evaluator(datamodule())
+        full = held_out()
     except DataError as exc:
         _logger.warning(
             "Skipped the full-test-set re-evaluation of the front: %s\nTo get the test set: %s.",
@@ -49,16 +47,7 @@ def final_evaluation(
             HOW_TO_GET_THE_TEST_SET,
         )
         return None
-    quantized = any(layer.multiplier for t in study.best_trials for layer in space.assignment(t.params).values())
-    candidates = CandidateEvaluator(
-        search.model,
-        full,
-        search.energy_model,
-        activation_ranges=search.activation_ranges if quantized else None,
-        latency_model=search.latency_model,
-        emulation_path=search.emulation_path,
-        per_channel=search.per_channel,
-    )
+    candidates = search.on(full)  # the search's activation ranges: never re-calibrated on these images
     rows = []
     for trial in study.best_trials:
         attr = f"final_eval/{trial.number}"
@@ -72,7 +61,7 @@ def final_evaluation(
             }
             study.set_user_attr(attr, result)
             run_id = trial.user_attrs.get("mlflow_run_id")
-            if tracker is not None and run_id:
+            if run_id:  # (a trial of a study run without tracking has none)
                 tracker.log_metrics(run_id, result)
         rows.append({"trial": trial.number, **result})
     table = pd.DataFrame(rows)

@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from optuna.storages.journal._file import BaseJournalFileLock  # the interface JournalFileBackend calls (not exported)
+from dse.optuna_internals import JournalFileLock
 
 __all__ = ["JournalLock"]
 
@@ -71,7 +71,7 @@ def _process_is_dead(holder: str, machine: str) -> bool:
     return False
 
 
-class JournalLock(BaseJournalFileLock):
+class JournalLock(JournalFileLock):
     """An exclusive lock on ``journal``'s appends that a dead holder cannot keep.
 
     Args:

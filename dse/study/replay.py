@@ -20,8 +20,8 @@ import optuna
 import pandas as pd
 
 from dse.assignment import BASELINE_KEY, assignment_key
+from dse.objectives import Objective
 from dse.search_spaces import BoundSpace
-from dse.study.objectives import Objective
 from dse.study.screening import ScreeningRule, dominates
 from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
 

@@ -1,24 +1,23 @@
-"""The study's sampler, from its config (``conf/sampler/``)."""
+"""The study's sampler: a configured Optuna sampler, or a grid over the bound space (``conf/sampler/``)."""
 
 from __future__ import annotations
 
 import functools
 
 import optuna
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
 from dse.exceptions import ConfigError
 from dse.search_spaces import BoundSpace
 
-__all__ = ["MAX_GRID_POINTS", "build_sampler"]
+__all__ = ["MAX_GRID_POINTS", "sampler_for_space"]
 
 MAX_GRID_POINTS = 1_000_000
 
 
-def build_sampler(sampler_cfg: DictConfig, space: BoundSpace) -> optuna.samplers.BaseSampler:
-    """Instantiate the sampler; a partial one (``_partial_: true``, the grid) gets the bound space."""
-    sampler = instantiate(sampler_cfg)
+def sampler_for_space(
+    sampler: optuna.samplers.BaseSampler | functools.partial, space: BoundSpace
+) -> optuna.samplers.BaseSampler:
+    """``sampler`` itself, or, for a partial one (``_partial_: true``: the grid), the grid over ``space``."""
     if not isinstance(sampler, functools.partial):
         return sampler
     if space.size > MAX_GRID_POINTS:

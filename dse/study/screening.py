@@ -29,12 +29,13 @@ grid that no point of the true front is pruned.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy import stats
+
 from dse.exceptions import ConfigError
-from dse.study.objectives import Objective
+from dse.objectives import Objective
 
 __all__ = ["ScreeningDecision", "ScreeningRule", "binomial_cdf", "clopper_pearson_upper", "dominates"]
 
@@ -43,34 +44,17 @@ _DETERMINISTIC = ("energy_uj", "modeled_latency_us", "mean_weight_bits")
 
 
 def binomial_cdf(c: int, n: int, p: float) -> float:
-    """P(X <= c) for X ~ Binomial(n, p), summed in log space (exact to float precision for n up to 1e5)."""
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 1.0 if c >= n else 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
-        for k in range(0, min(c, n) + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    """P(X <= c) for X ~ Binomial(n, p) (scipy)."""
+    return float(stats.binom.cdf(c, n, p))
 
 
 def clopper_pearson_upper(c: int, n: int, alpha: float) -> float:
-    """One-sided upper confidence bound on a binomial proportion after ``c`` successes in ``n`` trials."""
+    """One-sided exact (Clopper-Pearson) upper confidence bound, at confidence ``1 - alpha``, on a binomial
+    proportion after ``c`` successes in ``n`` trials (scipy's ``binomtest``)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
-    if c >= n:
-        return 1.0
-    lo, hi = c / n, 1.0
-    for _ in range(60):  # bisection: the CDF falls as p grows
-        mid = (lo + hi) / 2
-        if binomial_cdf(c, n, mid) >= alpha:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    test = stats.binomtest(c, n, alternative="less")
+    return float(test.proportion_ci(confidence_level=1 - alpha, method="exact").high)
 
 
 @dataclass(frozen=True)

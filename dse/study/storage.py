@@ -29,13 +29,13 @@ from pathlib import Path
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface optimize() uses for any storage
-from optuna.storages._rdb import models  # the trial and heartbeat tables (no public query exists)
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import orm
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from dse.exceptions import ConfigError
+from dse.optuna_internals import BaseHeartbeat, HeartbeatJournalStorage, RDBStorageWithStaleHook, trial_id
 from dse.stores import absolute_sqlite_url, retry_on_race
 from dse.study.journal_lock import JournalLock
 
@@ -99,34 +99,18 @@ def retried_trial(trial: FrozenTrial) -> int | None:
     return int(history[-1]) if history else None
 
 
-class HeartbeatRDBStorage(RDBStorage):
+class HeartbeatRDBStorage(RDBStorageWithStaleHook):
     """An RDB storage whose stale trials also include RUNNING trials that never recorded a
     heartbeat and started more than ``grace_period`` seconds ago (their worker died while
     the sampler ran, before Optuna started the heartbeat thread)."""
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
+    def extra_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
-        session = self.scoped_session()
-        try:
-            running = (
-                session.query(models.TrialModel)
-                .options(orm.selectinload(models.TrialModel.heartbeats))
-                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
-                .all()
-            )
-            now = datetime.now()  # Optuna stamps datetime_start with the worker's datetime.now()
-            never = [
-                int(t.trial_id)
-                for t in running
-                if not t.heartbeats and t.datetime_start and now - t.datetime_start > grace
-            ]
-        finally:
-            session.close()
-        return stale + [trial_id for trial_id in never if trial_id not in stale]
+        now = datetime.now()  # Optuna stamps datetime_start with the worker's datetime.now()
+        return [i for i, start in self.running_without_heartbeat(study_id) if start and now - start > grace]
 
 
-class LeaseJournalStorage(JournalStorage, BaseHeartbeat):
+class LeaseJournalStorage(HeartbeatJournalStorage):
     """A journal file whose RUNNING trials hold leases: ``<journal>.leases/<trial id>``.
 
     The journal itself is append-only and shared, so liveness lives beside it: Optuna's
@@ -162,19 +146,19 @@ class LeaseJournalStorage(JournalStorage, BaseHeartbeat):
     def lease_time(self, trial: FrozenTrial) -> float | None:
         """When ``trial``'s worker last renewed its lease (seconds since the epoch), if ever."""
         try:
-            return float((self.leases / str(trial._trial_id)).read_text().split()[0])
+            return float((self.leases / str(trial_id(trial))).read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return None
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in self.running_trials(study_id):
             last = self.lease_time(t)
             if last is None and t.datetime_start is not None:
                 last = t.datetime_start.timestamp()  # died before its first beat (while sampling)
             if last is not None and now - last > self.grace_period:
-                stale.append(t._trial_id)
+                stale.append(trial_id(t))
         return stale
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
@@ -246,9 +230,8 @@ def create_storage(
             if url.startswith("postgresql")
             else "Check the path or URL and that this user may read and write it."
         )
-        raise ConfigError(
-            f"Cannot open the study storage {describe_storage(url)}: {_mask_password(reason, url)}. {hint}"
-        ) from None  # the driver's own exception repeats the URL, password included
+        shown = describe_storage(url)  # the driver's message may repeat the URL, password included
+        raise ConfigError(f"Cannot open the study storage {shown}: {reason.replace(url, shown)}. {hint}") from None
 
 
 def _open_journal(
@@ -274,14 +257,6 @@ def _journal_backend(path: Path) -> JournalFileBackend:
     return JournalFileBackend(journal, lock_obj=JournalLock(journal))
 
 
-def _mask_password(text: str, url: str) -> str:
-    if "@" in url and "://" in url:
-        creds = url.split("://", 1)[1].rsplit("@", 1)[0]
-        if ":" in creds and creds.split(":", 1)[1]:
-            text = text.replace(creds.split(":", 1)[1], "***")
-    return text
-
-
 def _is_creation_race(exc: Exception) -> bool:
     text = str(exc)
     races = ("UniqueViolation", "already exists", "DuplicateTable", "UNIQUE constraint failed", "database is locked")
@@ -289,12 +264,13 @@ def _is_creation_race(exc: Exception) -> bool:
 
 
 def describe_storage(url: str) -> str:
-    """``url`` with any password masked, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url
+    """``url`` with its password field hidden (SQLAlchemy's own rendering), for logs and messages."""
+    if url.startswith(_JOURNAL) or "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def has_heartbeat(storage: BaseStorage) -> bool:

@@ -1,14 +1,5 @@
-"""Tracking a study: MLflow runs (parent per study, child per trial) and its Pareto front."""
+"""Tracking a study: what is recorded (:mod:`.tracker`), where (:mod:`.mlflow_tracker`, the one module
+that imports MLflow), and the front's tables and views (:mod:`.pareto`, :mod:`.heatmap`, :mod:`.summary`).
 
-from .mlflow_tracker import MlflowTracker
-from .pareto import front_table, hypervolume, normalized_points, plot_front_html, plot_front_png, trials_table
-
-__all__ = [
-    "MlflowTracker",
-    "front_table",
-    "hypervolume",
-    "normalized_points",
-    "plot_front_html",
-    "plot_front_png",
-    "trials_table",
-]
+Import the modules themselves: this package re-exports nothing, so reading a front never imports MLflow.
+"""

@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import optuna
@@ -25,10 +24,11 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
+from dse.objectives import Objective
 from dse.stores import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
-
-if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotations here
-    from dse.study.objectives import Objective
+from dse.tracking.heatmap import plot_front_heatmap
+from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
+from dse.tracking.summary import study_summary
 
 __all__ = ["MlflowTracker"]
 
@@ -163,6 +163,31 @@ class MlflowTracker:
         if self.parent_run_id is not None:
             self.client.set_terminated(self.parent_run_id, status=status)
 
+    def _parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("open_parent() must be called before logging to the study's parent run.")
+        return self.parent_run_id
+
+    def log_parent_table(self, table: pd.DataFrame, name: str, artifact_path: str | None = None) -> None:
+        self.log_table(self._parent(), table, name, artifact_path)
+
+    def log_parent_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.log_file(self._parent(), path, artifact_path)
+
+    def log_parent_json(self, name: str, payload: object) -> None:
+        self.log_json(self._parent(), name, payload)
+
+    def where(self) -> list[str]:
+        """Where the study's front is, and how to open it (lines for the end-of-search message)."""
+        if self.parent_run_id is None:
+            return []
+        run = self.client.get_run(self.parent_run_id)
+        return [
+            f"Front artifacts: {run.info.artifact_uri}/pareto/ (pareto_front.html, .png, .csv, pareto_assignments.png)",
+            f"Open them: mlflow ui --backend-store-uri {self.tracking_uri}",
+            f"  then http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}",
+        ]
+
     def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
         items = [Param(str(k)[:250], str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
         for chunk in _chunks(items):
@@ -188,6 +213,34 @@ class MlflowTracker:
         self.log_params(run.info.run_id, params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         return run.info.run_id
+
+    # -- any run ---------------------------------------------------------------------
+    def start_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, object]) -> str:
+        """A RUNNING run of its own (a retraining), with its tags and parameters; returns its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def kill_running_runs(self, tag: str, value: str) -> list[str]:
+        """Mark KILLED every RUNNING run tagged ``tag=value`` (their process died); return their ids."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'"
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return [run.info.run_id for run in runs]
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
     def running_trial_runs(self) -> dict[str, int]:
         """Run id -> trial number of this study's trial runs still RUNNING."""
@@ -240,33 +293,36 @@ class MlflowTracker:
         n_complete: int,
         plots: bool,
         metrics: bool = True,
-    ) -> pd.DataFrame:
-        """Write the current front (CSV; HTML and PNG when ``plots``) and the hypervolume to the parent."""
-        from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
-        from dse.tracking.summary import study_summary
-
-        assert self.parent_run_id is not None
+        layers: pd.DataFrame | None = None,
+    ) -> None:
+        """Write the current front (CSV; HTML, PNG, the assignment heatmap and the per-layer costs
+        ``layers`` of its trials when ``plots``) and the hypervolume to the parent."""
+        parent = self._parent()
         front = front_table(study, objectives)
-        self.log_table(self.parent_run_id, front, "pareto_front.csv", artifact_path="pareto")
+        self.log_table(parent, front, "pareto_front.csv", artifact_path="pareto")
         self.tag_pareto(study)
         if plots and not front.empty:
             everything = trials_table(study, objectives)
             with tempfile.TemporaryDirectory() as tmp:
                 for plot, name in ((plot_front_png, "pareto_front.png"), (plot_front_html, "pareto_front.html")):
                     path = plot(everything, front, objectives, Path(tmp) / name)
-                    self.client.log_artifact(self.parent_run_id, str(path), artifact_path="pareto")
+                    self.client.log_artifact(parent, str(path), artifact_path="pareto")
                 summary = Path(tmp) / "README.md"
                 summary.write_text(study_summary(study, objectives, everything, front))
-                self.client.log_artifact(self.parent_run_id, str(summary))
+                self.client.log_artifact(parent, str(summary))
+                heatmap = plot_front_heatmap(front, Path(tmp) / "pareto_assignments.png")
+                if heatmap is not None:
+                    self.client.log_artifact(parent, str(heatmap), "pareto")
+            if layers is not None:
+                self.log_table(parent, layers, "pareto_layers.csv", "pareto")
             # the table the MLflow UI renders (artifact view, and the runs' "Evaluation" tab)
             shown = front[[c for c in front.columns if c not in ("assignment_key", "worker", "mlflow_run_id")]]
-            self.replace_table(self.parent_run_id, shown, "pareto/pareto_front_table.json")
+            self.replace_table(parent, shown, "pareto/pareto_front_table.json")
         if metrics:  # one point per complete trial: the UI draws the curves
             values = {"front_size": float(len(front)), "complete_trials": float(n_complete)}
             if hypervolume is not None:
                 values["hypervolume"] = hypervolume
-            self.log_metrics(self.parent_run_id, values, step=n_complete)
-        return front
+            self.log_metrics(parent, values, step=n_complete)
 
     def replace_table(self, run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
         """Log ``table`` where the MLflow UI renders tables, replacing the previous version

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-if TYPE_CHECKING:  # dse.study imports the tracker; objectives are only annotations here
-    from dse.study.objectives import Objective
-
+from dse.objectives import Objective
+from dse.optuna_internals import is_feasible, wfg_hypervolume
 
 __all__ = [
     "axis_label",
@@ -31,12 +29,6 @@ __all__ = [
     "staircase",
     "trials_table",
 ]
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Whether the trial met every constraint it set (``trial.set_constraint``; none: feasible)."""
-    constraints = trial.system_attrs.get("constraints")  # Optuna's key for them
-    return not constraints or all(c <= 0 for c in constraints)
 
 
 def non_dominated(better: np.ndarray, cheaper: np.ndarray) -> np.ndarray:
@@ -94,14 +86,12 @@ def hypervolume(points: np.ndarray, reference: np.ndarray | None = None) -> floa
     >>> hypervolume(np.array([[0.5, 0.5]])), hypervolume(np.array([[0.2, 0.6], [0.6, 0.2]]))
     (0.25, 0.48)
     """
-    from optuna._hypervolume import compute_hypervolume  # maintained by Optuna, pinned by dse's tests
-
     pts = np.asarray(points, dtype=float)
     ref = np.ones(pts.shape[1]) if reference is None else np.asarray(reference, dtype=float)
     pts = pts[np.all(pts < ref, axis=1)]
     if len(pts) == 0:
         return 0.0
-    return float(round(compute_hypervolume(pts, ref, assume_pareto=False), 12))
+    return round(wfg_hypervolume(pts, ref), 12)
 
 
 def front_hypervolume(

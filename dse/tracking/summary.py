@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 
+from dse.objectives import Objective
 from dse.tracking.pareto import baseline_rows
-
-if TYPE_CHECKING:
-    from dse.study.objectives import Objective
 
 __all__ = ["energy_budget_table", "study_summary"]
 

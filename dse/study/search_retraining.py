@@ -19,18 +19,17 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 from torch import nn
 
 from dse.assignment import BASELINE_KEY, Assignment, assignment_key
 from dse.candidate import CandidateEvaluator
 from dse.exceptions import ConfigError
-from dse.retraining import RetrainResult, retrain_candidate
+from dse.objectives import Objective
+from dse.retraining import RetrainResult, RetrainSettings, retrain_candidate
 from dse.search_spaces import BoundSpace
-from dse.study.objectives import Objective
-from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.tracking.pareto import non_dominated
+from dse.tracking.tracker import NullTracker, Tracker
 
 __all__ = ["RETRAINED", "SearchRetraining", "check_retrain_settings", "retrained_accuracy", "retrained_front"]
 
@@ -39,10 +38,8 @@ RETRAINED = "accuracy_retrained"
 _STUDY_ATTR = "retrain/{}"
 
 
-def check_retrain_settings(retrain: DictConfig, objectives: Sequence[Objective]) -> None:
+def check_retrain_settings(retrain: RetrainSettings, objectives: Sequence[Objective]) -> None:
     """Refuse, before anything runs, a retraining setup that cannot give what the objectives ask."""
-    if retrain.on not in ("front", "each"):
-        raise ConfigError(f"retrain.on={retrain.on!r}: choose front (the Pareto trials after the budget) or each.")
     wants = any(o.name == RETRAINED for o in objectives)
     if wants and not (retrain.enabled and retrain.on == "each"):
         raise ConfigError(
@@ -67,16 +64,11 @@ class SearchRetraining:
         model: nn.Module,
         space: BoundSpace,
         candidates: CandidateEvaluator,
-        retrain: DictConfig,
-        tracker: MlflowTracker | None = None,
+        retrain: RetrainSettings,
+        tracker: Tracker | None = None,
     ) -> None:
-        self.model, self.space, self.candidates, self.retrain, self.tracker = (
-            model,
-            space,
-            candidates,
-            retrain,
-            tracker,
-        )
+        self.model, self.space, self.candidates, self.retrain = model, space, candidates, retrain
+        self.tracker: Tracker = tracker if tracker is not None else NullTracker()
 
     def _label(self, study: optuna.Study, assignment: Assignment) -> str:
         digest = hashlib.sha1(assignment_key(assignment).encode()).hexdigest()[:16]
@@ -89,7 +81,7 @@ class SearchRetraining:
         tags = {"dse_study": study.study_name, "dse_trial": str(number)}
         if run_id:
             tags["dse_trial_run_id"] = run_id
-        if self.tracker is not None and self.tracker.parent_run_id is not None:
+        if self.tracker.parent_run_id:
             tags["mlflow.parentRunId"] = self.tracker.parent_run_id
         result = retrain_candidate(
             self.model,
@@ -101,7 +93,7 @@ class SearchRetraining:
             tags,
             before,
         )
-        if self.tracker is not None and run_id:
+        if run_id:
             self.tracker.log_metrics(run_id, {RETRAINED: result.accuracy_after})
         return result
 

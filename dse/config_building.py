@@ -1,0 +1,102 @@
+"""The library's objects, built from a composed Hydra config: what every ``python -m dse.<command>`` hands on.
+
+Commands (``dse.search``, ``dse.retrain``, ``dse.compare``, ``dse.status``, ``dse.sensitivity``,
+``dse.report``, ``dse.training.train``) compose the config and call these builders; the library
+below them takes typed settings and objects, never a ``DictConfig``. Each config group names what
+it builds (``_target_``), so a builder here only says how the groups fit together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dse.candidate import CandidateEvaluator
+from dse.evaluation import Evaluator
+from dse.objectives import parse_objectives
+from dse.retraining import RetrainSettings
+from dse.search_spaces import BoundSpace
+from dse.study.sampler import sampler_for_space
+from dse.study.settings import StudySettings
+from dse.tracking.tracker import NullTracker, Tracker
+from dse.training.weights import load_weights
+
+__all__ = [
+    "build_sampler",
+    "build_tracker",
+    "build_trained_model",
+    "candidate_evaluator",
+    "evaluator_on",
+    "hydra_job_number",
+    "retrain_settings",
+    "study_settings",
+]
+
+
+def build_trained_model(model_cfg: Any) -> nn.Module:
+    """A model config's architecture (``builder``) with its ``weights``, in eval mode."""
+    return load_weights(instantiate(model_cfg.builder), str(model_cfg.weights)).eval()
+
+
+def evaluator_on(cfg: DictConfig, data_cfg: Any) -> Evaluator:
+    """The ``evaluation`` group's evaluator on the data module ``data_cfg`` builds."""
+    return instantiate(cfg.evaluation)(instantiate(data_cfg))
+
+
+def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator:
+    """Candidates of ``model`` on the search set (the ``evaluation``, ``data``, ``hardware``, ``emulation`` groups)."""
+    return CandidateEvaluator(
+        model,
+        evaluator_on(cfg, cfg.data),
+        instantiate(cfg.hardware.energy),
+        latency_model=instantiate(cfg.hardware.latency),
+        emulation_path=cfg.emulation.path,
+        per_channel=cfg.emulation.per_channel,
+    )
+
+
+def study_settings(cfg: DictConfig) -> StudySettings:
+    """The loop's settings (the ``study`` group), validated before anything is created or evaluated."""
+    study = cfg.study
+    return StudySettings(
+        n_trials=study.n_trials,
+        objectives=parse_objectives(OmegaConf.to_container(study.objectives)),  # type: ignore[arg-type]
+        max_accuracy_drop=study.max_accuracy_drop,
+        max_duplicate_streak=study.max_duplicate_streak,
+        max_failure_streak=study.max_failure_streak,
+        measure_time=bool(study.measure_time),
+        seed_uniform=bool(study.seed_uniform),
+    )
+
+
+def retrain_settings(cfg: DictConfig, **changes: Any) -> RetrainSettings:
+    """The ``retrain`` group (with ``changes`` merged in) as :class:`RetrainSettings`; its ``data`` module built."""
+    retrain = OmegaConf.merge(cfg.retrain, changes) if changes else cfg.retrain
+    record = {str(k): v for k, v in dict(OmegaConf.to_container(retrain.data, resolve=True)).items()}  # type: ignore[arg-type]
+    values = {str(k): v for k, v in dict(OmegaConf.to_container(retrain, resolve=True)).items()}  # type: ignore[arg-type]
+    values = {k: v for k, v in values.items() if not k.startswith("_") and k != "data"}
+    return RetrainSettings(data=instantiate(retrain.data), data_record=record, **values)
+
+
+def build_tracker(cfg: DictConfig, **overrides: Any) -> Tracker:
+    """The ``tracking`` group's tracker (``tracking=none``: one that records nothing)."""
+    return instantiate(cfg.tracking, **overrides) if cfg.tracking else NullTracker()
+
+
+def build_sampler(sampler_cfg: Any, space: BoundSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The ``sampler`` group's sampler (with ``seed`` if given); a grid gets the bound space."""
+    sampler = instantiate(sampler_cfg, seed=seed) if seed is not None else instantiate(sampler_cfg)
+    return sampler_for_space(sampler, space)
+
+
+def hydra_job_number() -> int | None:
+    """This job's number in a Hydra multirun (``-m``), if it is one."""
+    if not HydraConfig.initialized():
+        return None
+    num = OmegaConf.select(HydraConfig.get(), "job.num", default=None)  # type: ignore[arg-type]  # multirun only
+    return None if num is None else int(num)
