@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from dse.assignment import LayerConfig, targetable_layers
+from dse.candidates.transform import apply_assignment
 from dse.cost.macs import layer_shapes
 from dse.emulation import EmulationPath, calibrate_ranges
 from dse.multipliers import list_multipliers
 from dse.training.models import get_model
-from dse.transform import apply_assignment
 
 
 def timed(fn, repeats: int) -> list[float]:

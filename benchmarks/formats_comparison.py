@@ -19,9 +19,9 @@ import warnings
 from hydra.utils import instantiate
 
 from dse.assignment import LayerConfig, targetable_layers
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluation import Evaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.config_paths import CONFIG_DIR
-from dse.evaluation import Evaluator
 from dse.training.cifar10 import CIFAR10DataModule
 from dse.training.weights import build_trained_model
 

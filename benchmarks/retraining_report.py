@@ -1,7 +1,7 @@
 """Aggressive assignments of MobileNetV2-for-CIFAR before and after approximate retraining.
 
 One assignment per knob, each losing several points before retraining (picked with the
-search subset), then retrained with ``dse.retraining.retrain_candidate`` exactly as
+search subset), then retrained with ``dse.candidates.retraining.retrain_candidate`` exactly as
 ``python -m dse.retrain`` does, and evaluated bit-exactly on the full 10,000-image test set:
 
 - ``decimals_dw1``: one decimal place on every depthwise conv (paper 1's knob);
@@ -30,9 +30,9 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 
 from dse.assignment import Assignment, LayerConfig, targetable_layers
+from dse.candidates.retraining import retrain_candidate
 from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, retrain_settings
 from dse.config_paths import CONFIG_DIR
-from dse.retraining import retrain_candidate
 
 # name -> (layer groups, knobs, training forward)
 ASSIGNMENTS: dict[str, tuple[list[str] | None, dict[str, object], str]] = {

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dse.assignment import LayerConfig, targetable_layers
+from dse.candidates.transform import apply_assignment
 from dse.emulation import calibrate_ranges, fit_error_models, training_memory_format, use_error_model
 from dse.training.models import get_model
-from dse.transform import apply_assignment
 
 TABLES = ["exact_s8", "mul8s_1L2J", "mul8s_1KV9", "mitchell_w6_s8", "mitchell_w6_s8+error_model"]
 

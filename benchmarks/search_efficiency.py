@@ -5,7 +5,7 @@ four layer types of paper 1 (first conv, expansion, depthwise, projection; last 
 classifier exact), each in {1, 2, 3, 4, exact}: 5^4 = 625 assignments, every one evaluated on a
 fixed stratified 1,000-image subset of the shipped test subset (top-1 accuracy and estimated
 energy: deterministic; measured time is noise here and stays out). Each evaluation is cached on
-disk (``dse.evaluation_cache``), so the grid is built once, resumes if interrupted, and the
+disk (``dse.candidates.evaluation_cache``), so the grid is built once, resumes if interrupted, and the
 samplers are replayed against it in seconds.
 
 Each sampler runs as dse runs it (the all-exact baseline enqueued first, repeated proposals
@@ -55,9 +55,9 @@ from tqdm.auto import tqdm
 
 import dse
 from dse.assignment import BASELINE_KEY, assignment_key
+from dse.candidates.evaluation_cache import EvaluationCache, file_digest
 from dse.config_building import build_sampler, build_trained_model, candidate_evaluator
 from dse.config_paths import CONFIG_DIR
-from dse.evaluation_cache import EvaluationCache, file_digest
 from dse.search_spaces import BoundSpace, SearchSpace
 from dse.study.replay import (
     OBJECTIVES,

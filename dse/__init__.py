@@ -1,10 +1,15 @@
 """dse: design-space exploration of approximate and reduced-precision DNN inference.
 
-Entry points: ``python -m dse.search`` (a study), ``python -m dse.sensitivity``
-(one unit at a time), ``python -m dse.training.train`` (a baseline). Subpackages,
-one concept each: :mod:`dse.study`, :mod:`dse.multipliers`, :mod:`dse.emulation`,
-:mod:`dse.numerics`, :mod:`dse.cost`, :mod:`dse.tracking`, :mod:`dse.training`,
-:mod:`dse.search_spaces`.
+Commands (``python -m dse.<command>``; each composes its Hydra config and calls the library):
+``search`` (a study), ``retrain``, ``compare``, ``status``, ``sensitivity``, ``report``, and
+``training.train`` (a baseline). What they share: :mod:`dse.cli`, :mod:`dse.config_building`,
+:mod:`dse.config_paths`.
+
+The library, bottom-up (a layer imports only from the layers below it):
+:mod:`dse.exceptions`; :mod:`dse.numerics`; :mod:`dse.multipliers`; the vocabulary
+(:mod:`dse.assignment`, :mod:`dse.objectives`, :mod:`dse.stores`, :mod:`dse.optuna_internals`);
+:mod:`dse.emulation`, :mod:`dse.cost`, :mod:`dse.search_spaces`, :mod:`dse.worker`,
+:mod:`dse.tracking`; :mod:`dse.training`; :mod:`dse.candidates`; :mod:`dse.study`.
 """
 
 __all__ = ["__version__"]

@@ -2,7 +2,7 @@
 
 An assignment maps a layer's qualified name (``features.3.conv.1.0``) to a
 :class:`LayerConfig`. This module only describes candidates (the cost model
-reads it); :mod:`dse.transform` applies an assignment to a copy of a model.
+reads it); :mod:`dse.candidates.transform` applies an assignment to a copy of a model.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from dse.exceptions import DSEError
-from dse.interrupt import Interrupted
+from dse.worker.signals import Interrupted
 
 __all__ = ["run_command"]
 
@@ -23,7 +23,7 @@ def _quiet_third_party_logs() -> None:
     """Trainer banners and per-trial Optuna lines would bury dse's own progress."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch 2.14, once per Trainer
-    # dse's Trainers are one process each (dse.workers.single_process); srun is the workers' business
+    # dse's Trainers are one process each (dse.worker.process.single_process); srun is the workers' business
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

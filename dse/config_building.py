@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dse.candidate import CandidateEvaluator
-from dse.evaluation import Evaluator
+from dse.candidates.evaluation import Evaluator
+from dse.candidates.evaluator import CandidateEvaluator
+from dse.candidates.retraining import RetrainSettings
 from dse.objectives import parse_objectives
-from dse.retraining import RetrainSettings
 from dse.search_spaces import BoundSpace
 from dse.study.sampler import sampler_for_space
 from dse.study.settings import StudySettings

@@ -17,7 +17,7 @@ TRIAL_METRICS: Mapping[str, str] = {
     "accuracy_retrained": "top-1 accuracy on the search set after approximate retraining (retrain.on=each)",
     "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy)",
     "inference_time_s": "measured seconds of one pass over the search set on one thread: (candidate / exact "
-    "model, batch-interleaved) x the exact model's time (dse.evaluation.Evaluator.relative_time)",
+    "model, batch-interleaved) x the exact model's time (dse.candidates.evaluation.Evaluator.relative_time)",
     "ms_per_image": "measured milliseconds per image (inference_time_s / images)",
     "mean_weight_bits": "MAC-weighted mean weight width of the Conv2d/Linear layers, bits",
     "modeled_latency_us": "first-order accelerator latency per inference, microseconds (dse.cost.latency)",

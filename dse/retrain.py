@@ -21,11 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
+from dse.candidates.retraining import RetrainResult, retrain_candidate
 from dse.cli import run_command
 from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, retrain_settings
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
-from dse.retraining import RetrainResult, retrain_candidate
 from dse.search_spaces import SearchSpace
 from dse.study.create import load_studies
 from dse.study.storage import describe_storage

@@ -20,7 +20,8 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
+from dse.candidates.retraining import RetrainSettings
 from dse.cli import run_command
 from dse.config_building import (
     build_sampler,
@@ -33,9 +34,7 @@ from dse.config_building import (
     study_settings,
 )
 from dse.config_paths import CONFIG_DIR
-from dse.interrupt import Interrupted, stop_on_signals
 from dse.optuna_internals import storage_of
-from dse.retraining import RetrainSettings
 from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
 from dse.study.create import open_study
@@ -47,7 +46,8 @@ from dse.study.settings import StudySettings
 from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.pareto import front_table, plot_retrained_front_png
 from dse.tracking.tracker import Tracker
-from dse.workers import sole_sqlite_worker, worker_index
+from dse.worker.process import sole_sqlite_worker, worker_index
+from dse.worker.signals import Interrupted, stop_on_signals
 
 __all__ = ["SearchResult", "main", "run_search"]
 
@@ -65,7 +65,7 @@ class SearchResult:
 def run_search(cfg: DictConfig) -> SearchResult:
     """Run the study described by ``cfg`` until its trial budget is complete.
 
-    SIGINT/SIGTERM stop it cleanly (:mod:`dse.interrupt`): the running trial is failed and
+    SIGINT/SIGTERM stop it cleanly (:mod:`dse.worker.signals`): the running trial is failed and
     queued again, the runs are closed, the front is written, and :class:`Interrupted` is raised
     (``python -m dse.search`` exits 130/143). A SQLite study takes one worker at a time.
     """

@@ -8,11 +8,11 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from dse.candidates.evaluation import Evaluator
 from dse.config_building import build_sampler
 from dse.config_paths import CONFIG_DIR
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
-from dse.evaluation import Evaluator
 from dse.objectives import parse_objectives
 from dse.search_spaces import SearchSpace, decimal_places_space
 from dse.tracking.mlflow_tracker import MlflowTracker

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dse.assignment import LayerConfig
+from dse.candidates.transform import apply_assignment
 from dse.exceptions import ConfigError
 from dse.numerics.decimal_places import decimal_bits, round_to_decimals
 from dse.training.models import get_model
-from dse.transform import apply_assignment
 
 
 def decimal_reference(values: np.ndarray, d: int) -> np.ndarray:

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dse.assignment import LayerConfig
+from dse.candidates.transform import apply_assignment
 from dse.emulation import ApproxConv2d, ApproxLinear, approximate_layer, calibrate_ranges
 from dse.emulation._separable import SeparableProducts
 from dse.exceptions import ConfigError, SearchSpaceError
 from dse.multipliers import LutMultiplier, get_multiplier, list_multipliers, operand_values
 from dse.testing import SHAPES, emulated_pair, make_layer
 from dse.training.models import get_model
-from dse.transform import apply_assignment
 
 EVOAPPROX = sorted(n for n in list_multipliers() if n.startswith("mul8"))
 LOW_RANK = [

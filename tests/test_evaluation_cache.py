@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dse.assignment import LayerConfig
+from dse.candidates.evaluation_cache import EvaluationCache
 from dse.config_building import build_trained_model, candidate_evaluator
-from dse.evaluation_cache import EvaluationCache
 from tests.conftest import FAST, compose_config
 
 

@@ -103,9 +103,9 @@ def test_unrepresentable_formats_are_rejected(bad: str) -> None:
 def test_formats_in_a_model() -> None:
     """Weights take their format in the copy; inputs are rounded on the way in; nothing else changes."""
     from dse.assignment import LayerConfig
+    from dse.candidates.transform import apply_assignment
     from dse.emulation import calibrate_ranges
     from dse.training.models import get_model
-    from dse.transform import apply_assignment
 
     model = get_model("tiny_cnn").eval()
     x = torch.randn(2, 3, 32, 32)

@@ -26,6 +26,7 @@ COMMANDS = {
     "dse.status",
     "dse.sensitivity",
     "dse.training.train",
+    "dse.config_paths",  # where the commands' configs live
     "dse.cli",  # what every command shares (exit codes, quiet logs)
     "dse.config_building",  # the library's objects built from a composed config
 }
@@ -137,6 +138,38 @@ def test_tracking_knows_nothing_of_the_study_loop(module: str) -> None:
 def test_the_library_never_imports_a_command(module: str) -> None:
     uses = {n for n in _imports(MODULES[module], module) if _is_command(n) and not n.startswith(module)}
     assert not uses, f"{module} imports the command module(s) {sorted(uses)}"
+
+
+# Each package's layer: a module imports only from its own layer or below (type-only imports included), so
+# the library reads bottom-up and no arrow runs back up. Commands sit on top.
+LAYERS = [
+    ["dse.exceptions"],  # (and the package itself: its version)
+    ["dse.numerics"],
+    ["dse.multipliers"],
+    ["dse.assignment", "dse.objectives", "dse.stores", "dse.optuna_internals"],
+    ["dse.emulation", "dse.cost", "dse.search_spaces", "dse.worker", "dse.testing", "dse.tracking"],
+    ["dse.training"],
+    ["dse.candidates"],
+    ["dse.study"],
+]
+
+
+def _layer(module: str) -> int:
+    if module == "dse":
+        return 0
+    if _is_command(module):
+        return len(LAYERS)
+    for rank, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(f"{p}.") for p in packages):
+            return rank
+    raise AssertionError(f"{module} is in no layer: add its package to LAYERS")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_import_runs_back_up_the_layers(module: str) -> None:
+    rank = _layer(module)
+    above = {n for n in _imports(MODULES[module], module) if n in MODULES and _layer(n) > rank}
+    assert not above, f"{module} (layer {rank}) imports {sorted(above)} from a layer above it"
 
 
 def test_the_boundaries_are_checked_on_real_modules() -> None:

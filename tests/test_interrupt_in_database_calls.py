@@ -24,7 +24,7 @@ import sqlalchemy
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from dse.interrupt import Interrupted, protected_call, stop_on_signals
+from dse.worker.signals import Interrupted, protected_call, stop_on_signals
 
 pytestmark = pytest.mark.slow  # timing-sensitive: waits on real processes and clocks
 

@@ -112,11 +112,11 @@ def test_trainable_assignments_keep_weights_on_their_grid_and_forward_the_same()
     """Decimal places and formats become parametrizations: the same forward as the frozen copy,
     and after an optimizer step the effective weights are still on the d-decimal / format grid."""
     from dse.assignment import LayerConfig
+    from dse.candidates.transform import apply_assignment
     from dse.emulation import calibrate_ranges
     from dse.training.cifar10 import CIFAR10DataModule, normalize
     from dse.training.models import get_model
     from dse.training.weights import load_weights
-    from dse.transform import apply_assignment
 
     torch.manual_seed(0)
     # the trained model on real images: its training-mode activations stay near the calibrated ranges

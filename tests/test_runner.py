@@ -5,8 +5,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dse.candidate import CandidateEvaluator
-from dse.evaluation import Evaluator
+from dse.candidates.evaluation import Evaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.objectives import Objective
 from dse.search_spaces import decimal_places_space
 from dse.study.runner import StudyRunner, StudySettings

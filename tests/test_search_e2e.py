@@ -177,7 +177,7 @@ def test_a_dead_running_trial_never_blocks_its_own_retry(workdir: Path) -> None:
     from hydra.utils import instantiate
 
     from dse.assignment import assignment_key
-    from dse.candidate import CandidateEvaluator
+    from dse.candidates.evaluator import CandidateEvaluator
     from dse.config_building import build_trained_model
     from dse.study.runner import StudyRunner, StudySettings
 

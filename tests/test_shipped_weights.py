@@ -2,7 +2,7 @@
 
 import pytest
 
-from dse.evaluation import Evaluator
+from dse.candidates.evaluation import Evaluator
 from dse.training.cifar10 import CIFAR10DataModule
 from dse.training.models import get_model
 from dse.training.weights import list_weights, load_weights

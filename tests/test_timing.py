@@ -18,7 +18,7 @@ import time
 import pytest
 
 from dse.assignment import LayerConfig
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.config_building import build_trained_model, candidate_evaluator
 from tests.conftest import compose_config
 

@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from dse.config_building import hydra_job_number
 from dse.config_paths import CONFIG_DIR
-from dse.workers import allocated_threads, worker_index
+from dse.worker.process import allocated_threads, worker_index
 
 
 def test_worker_index_from_a_job_array_then_hydra_then_zero(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """Approximate retraining: fine-tune a candidate with its approximation in the forward pass.
 
-The network is the candidate itself (``dse.transform.apply_assignment(..., trainable=True)``):
+The network is the candidate itself (``dse.candidates.transform.apply_assignment(..., trainable=True)``):
 its emulated layers compute the bit-exact approximate forward and pass straight-through
 gradients (the exact operation's, at the quantized operands); decimal places and formats
 are re-applied to the weights at every step; weight scales follow the weights, activation

@@ -15,7 +15,7 @@ def calibrate_ranges(
     model: nn.Module, batches: Iterable[torch.Tensor], layers: Sequence[str]
 ) -> dict[str, tuple[float, float]]:
     """Min and max of the input of each named layer over ``batches`` (eval mode; the exact model's
-    forward for the search, a retrained candidate's for :func:`dse.transform.recalibrate`)."""
+    forward for the search, a retrained candidate's for :func:`dse.candidates.transform.recalibrate`)."""
     modules = dict(model.named_modules())
     ranges: dict[str, list[float]] = {}
 

@@ -1,22 +1,10 @@
 """What every emulated layer shares: quantization of its operands, its calibrated activation range, the
 choice of emulation path (made once, at construction) and its dispatch, and the rescaling of the sums.
 
-Activations and weights are quantized to the multiplier's operand width
-(signed: symmetric; unsigned: affine with zero points), every product is the
-multiplier's, sums are exact, and the result is rescaled:
-
-    acc_o = sum_k lut[xq_k, wq_ok] - zw_o sum_k xq_k - zx sum_k wq_ok + K zx zw_o
-    y_o   = s_x s_w,o acc_o + bias_o
-
+The formula is in :mod:`dse.emulation.layers`; how a path is chosen, in :mod:`dse.emulation.path_choice`.
 With the exact multiplier this is ordinary integer quantized inference. The
 activation range is calibrated once (:func:`dse.emulation.calibration.calibrate_ranges`)
-and frozen in the ``act_range`` buffer. ``path`` picks the emulation:
-``reference`` (unfold + lookups, the oracle), ``separable`` (1 + rank convs),
-``table`` (weight-specific tables, any multiplier), ``arithmetic`` (Mitchell's
-product computed per MAC, no table: any device, any width), ``kernel`` (the compiled
-one-read-per-MAC kernel, CPU; other devices take the PyTorch path), or ``auto``
-(the kernel on CPU unless the table needs no lookup; separable or table elsewhere).
-All paths give the same bits. The state_dict is the original layer's plus ``act_range``, and an
+and frozen in the ``act_range`` buffer. All paths give the same bits. The state_dict is the original layer's plus ``act_range``, and an
 original state_dict loads as is.
 """
 
@@ -122,7 +110,7 @@ class EmulatedLayer(nn.Module):
             raise RuntimeError(
                 f"Layer {self.layer_name!r} has no calibrated activation range; call "
                 "dse.emulation.calibrate_ranges on the exact model and set_activation_range "
-                "(dse.transform.apply_assignment does both)."
+                "(dse.candidates.transform.apply_assignment does both)."
             )
         p = activation_qparams(float(self.act_range[0]), float(self.act_range[1]), self.bits, self.signed)
         result = float(p.scale), float(p.zero_point)

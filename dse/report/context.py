@@ -19,7 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from torch import nn
 
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, evaluator_on
 from dse.tracking.tracker import Tracker
 

@@ -1,7 +1,7 @@
 """Paper 4: aggressive assignments of every knob, before and after approximate retraining.
 
 Each assignment loses several points before retraining; it is fine-tuned with its approximation in
-the forward pass (``dse.retraining.retrain_candidate``, exactly as ``python -m dse.retrain``) and
+the forward pass (``dse.candidates.retraining.retrain_candidate``, exactly as ``python -m dse.retrain``) and
 evaluated bit-exactly on the full test set. Checkpoints make an interrupted stage resume.
 """
 
@@ -16,11 +16,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from dse.assignment import Assignment, LayerConfig, targetable_layers
+from dse.candidates.retraining import retrain_candidate
 from dse.config_building import retrain_settings
 from dse.report.context import ReportContext
 from dse.report.markdown import pct, points, table
 from dse.report.stage import Stage
-from dse.retraining import retrain_candidate
 from dse.tracking.pareto import non_dominated
 
 __all__ = ["STAGE", "assignment_of"]

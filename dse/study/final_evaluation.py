@@ -8,8 +8,8 @@ from collections.abc import Callable
 import optuna
 import pandas as pd
 
-from dse.candidate import CandidateEvaluator
-from dse.evaluation import Evaluator
+from dse.candidates.evaluation import Evaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.exceptions import DataError
 from dse.search_spaces import BoundSpace
 from dse.tracking.tracker import Tracker

@@ -14,7 +14,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from dse.assignment import BASELINE_KEY
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.objectives import Objective
 from dse.search_spaces import BoundSpace
 from dse.study.trial_policy import KEY_ATTR

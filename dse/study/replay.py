@@ -2,7 +2,7 @@
 
 Each point of the grid (a table with the assignment ``key``, ``accuracy``, ``energy_uj``, the
 per-image correctness ``correct`` as packed hex bits, ``n_images`` and ``on_true_front``) was
-evaluated once (``dse.evaluation_cache``). A sampler then runs as dse runs it, every evaluation
+evaluated once (``dse.candidates.evaluation_cache``). A sampler then runs as dse runs it, every evaluation
 looked up instead of computed: the all-exact baseline first, repeats pruned and not counted,
 optionally the uniform assignments first (``study.seed_uniform``) and screening
 (:mod:`dse.study.screening`) decided on each point's recorded first images, exactly as the
@@ -23,6 +23,7 @@ from dse.assignment import BASELINE_KEY, assignment_key
 from dse.objectives import Objective
 from dse.search_spaces import BoundSpace
 from dse.study.screening import ScreeningRule, dominates
+from dse.study.trial_policy import KEY_ATTR, SCREENED_ATTR, TrialPolicy, enqueue_starting_points
 from dse.tracking.pareto import hypervolume, non_dominated, normalized_points
 
 __all__ = [
@@ -97,27 +98,30 @@ def replay(
     evaluated: set[str] = set()  # complete or screened out: never evaluated again
     result, spent = Replay(), 0
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.enqueue_trial(bound.baseline_params())
-    for params in bound.uniform_params() if seed_uniform else []:  # study.seed_uniform
-        study.enqueue_trial(params)
+    enqueue_starting_points(study, bound, seed_uniform)  # the search's own rules (dse.study.trial_policy)
+    policy = TrialPolicy(study, budget)
+
+    def screened_out(trial: optuna.Trial, on_true_front: bool) -> None:
+        trial.set_user_attr(SCREENED_ATTR, "replayed")  # evaluated: never proposed for evaluation again
+        result.screened += 1
+        result.true_front_pruned += int(on_true_front)
+        if len(evaluated) >= budget:
+            trial.study.stop()
+        raise optuna.TrialPruned()
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         nonlocal spent
         params = bound.suggest(trial)
         key = assignment_key(bound.assignment(params))
-        if key in evaluated:
-            raise optuna.TrialPruned()  # as dse does: a repeat is not evaluated again
+        trial.set_user_attr(KEY_ATTR, key)
+        policy.prune_if_duplicate(trial, key)  # as the search: a repeat is not evaluated again
         evaluated.add(key)
         row = lookup(key, params)
         n_images = int(row["n_images"])
         if screening == ORACLE and key != BASELINE_KEY:
             final = [float(row["accuracy"]), float(row["energy_uj"])]
             if any(dominates(t.values, final, OBJECTIVES) for t in study.best_trials):
-                result.screened += 1
-                result.true_front_pruned += int(row["on_true_front"])
-                if len(evaluated) >= budget:
-                    trial.study.stop()
-                raise optuna.TrialPruned()
+                screened_out(trial, bool(row["on_true_front"]))
         elif isinstance(screening, ScreeningRule) and key != BASELINE_KEY:
             mask = unpack_correct(row["correct"], n_images)
             m = min(screening.first_images, n_images)
@@ -125,11 +129,7 @@ def replay(
             decision = screening.decide(int(mask[:m].sum()), m, n_images, {"energy_uj": float(row["energy_uj"])}, front)
             spent += m
             if decision.prune:
-                result.screened += 1
-                result.true_front_pruned += int(row["on_true_front"])
-                if len(evaluated) >= budget:
-                    trial.study.stop()
-                raise optuna.TrialPruned()
+                screened_out(trial, bool(row["on_true_front"]))
             spent -= m  # a survivor's first images are not evaluated again (CandidateEvaluator.evaluate)
         spent += n_images
         seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))

@@ -19,8 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from dse.assignment import BASELINE_KEY
-from dse.candidate import CandidateEvaluator
-from dse.interrupt import Interrupted
+from dse.candidates.evaluator import CandidateEvaluator
 from dse.optuna_internals import BaseHeartbeat, storage_of, stored_trial
 from dse.search_spaces import BoundSpace
 from dse.study.front_publication import FrontPublisher
@@ -37,6 +36,7 @@ from dse.study.trial_policy import (
     fail_stale_trials,
 )
 from dse.tracking.tracker import NullTracker, Tracker
+from dse.worker.signals import Interrupted
 
 __all__ = ["BASELINE_KEY", "StudyRunner", "StudySettings", "count_complete"]
 

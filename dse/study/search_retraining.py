@@ -6,7 +6,7 @@ the trial when it is retrained inside it (``each``), else in the study's user at
 ``retrain/<number>`` (a finished trial cannot change; ``front``). Read it with
 :func:`retrained_accuracy`. Checkpoints are kept per assignment (not per trial number), so the
 retry of a trial killed mid-retraining resumes that retraining, and a retraining that finished
-is never repeated (:func:`dse.retraining.retrain_candidate`). Each retraining is an MLflow run
+is never repeated (:func:`dse.candidates.retraining.retrain_candidate`). Each retraining is an MLflow run
 nested under the study's parent run and tagged with the trial and the trial's run.
 """
 
@@ -23,10 +23,10 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from dse.assignment import BASELINE_KEY, Assignment, assignment_key
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
+from dse.candidates.retraining import RetrainResult, RetrainSettings, retrain_candidate
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
-from dse.retraining import RetrainResult, RetrainSettings, retrain_candidate
 from dse.search_spaces import BoundSpace
 from dse.tracking.pareto import non_dominated
 from dse.tracking.tracker import NullTracker, Tracker

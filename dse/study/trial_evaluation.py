@@ -1,7 +1,7 @@
 """One trial: its assignment evaluated (screened, retrained), constrained, and recorded.
 
 :class:`TrialEvaluation` is the objective Optuna calls. It asks the :class:`~dse.study.trial_policy.TrialPolicy`
-whether the proposal is evaluated at all, evaluates it with the :class:`~dse.candidate.CandidateEvaluator`,
+whether the proposal is evaluated at all, evaluates it with the :class:`~dse.candidates.evaluator.CandidateEvaluator`,
 sets the accuracy constraint, keeps every metric as a user attribute and in the trial's tracked run. A
 failed trial's run is closed as KILLED by the next trial of any worker, and its retry's run names it
 (``dse_retry_of``).
@@ -17,8 +17,7 @@ import optuna
 import torch
 
 from dse.assignment import BASELINE_KEY, Assignment, assignment_key
-from dse.candidate import CandidateEvaluator, CandidateResult, PartialEvaluation
-from dse.interrupt import Interrupted
+from dse.candidates.evaluator import CandidateEvaluator, CandidateResult, PartialEvaluation
 from dse.optuna_internals import stored_trial
 from dse.search_spaces import BoundSpace
 from dse.study.screening import ScreeningRule
@@ -27,7 +26,8 @@ from dse.study.settings import StudySettings
 from dse.study.storage import retried_trial
 from dse.study.trial_policy import KEY_ATTR, SCREENED_ATTR, TrialPolicy
 from dse.tracking.tracker import Tracker
-from dse.workers import scheduler_job, worker_name
+from dse.worker.process import scheduler_job, worker_name
+from dse.worker.signals import Interrupted
 
 __all__ = ["TIME_REFERENCE_ATTR", "TrialEvaluation", "close_dead_runs"]
 
@@ -111,7 +111,7 @@ class TrialEvaluation:
     def _record_worker(self, trial: optuna.Trial, key: str) -> None:
         trial.set_user_attr(KEY_ATTR, key)
         trial.set_user_attr("worker", worker_name())
-        trial.set_user_attr("torch_threads", torch.get_num_threads())  # from its allocation (dse.workers)
+        trial.set_user_attr("torch_threads", torch.get_num_threads())  # from its allocation (dse.worker.process)
         if scheduler_job():
             trial.set_user_attr("scheduler_job", scheduler_job())
 
@@ -171,7 +171,10 @@ class TrialEvaluation:
             limit = self.baseline_accuracy() - self.settings.max_accuracy_drop  # an infeasible trial: never on it
             self.screening = dataclasses.replace(self.screening, min_accuracy=limit)
         front = [list(t.values) for t in self.study.best_trials]
-        decision, partial = self.candidates.screen(assignment, self.screening, front)
+        partial = self.candidates.first_images(assignment, self.screening.first_images)
+        costs = self.candidates.costs(self.candidates.cost_table(self.candidates.model, assignment))
+        n = self.candidates.evaluator.n_images
+        decision = self.screening.decide(int(partial.top1.sum()), len(partial.top1), n, costs, front)
         trial.set_user_attr("screening_partial_accuracy", decision.partial_accuracy)
         trial.set_user_attr("screening_upper_bound", decision.upper_bound)
         trial.set_user_attr("screening_images", decision.images_seen)

@@ -23,14 +23,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dse.assignment import Assignment, needs_activation_ranges
-from dse.candidate import CandidateEvaluator
+from dse.candidates.evaluator import CandidateEvaluator
+from dse.candidates.transform import apply_assignment, recalibrate
 from dse.emulation import use_error_model
 from dse.exceptions import ConfigError
 from dse.tracking.tracker import NullTracker, Tracker
 from dse.training.retraining_module import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
 from dse.training.weights import save_weights
-from dse.transform import apply_assignment, recalibrate
-from dse.workers import single_process
+from dse.worker.process import single_process
 
 __all__ = ["RetrainResult", "RetrainSettings", "retrain_candidate"]
 
@@ -127,14 +127,13 @@ def retrain_candidate(
     or, if that retraining finished with the same settings, returns its stored result at once.
     A diverging run raises :class:`dse.training.retraining_module.RetrainingDiverged` and is FAILED in MLflow.
     """
-    r = retrain
-    if r.data is None:
+    if retrain.data is None:
         raise ConfigError(
             "Retraining needs training images: set data@retrain.data (e.g. data@retrain.data=cifar10_npz)."
         )
     tracker = tracker if tracker is not None else NullTracker()
-    ckpt_dir = Path(r.ckpt_dir) / label
-    settings = r.decisive()  # what decides the result (not where it is kept, nor when the search asks for it)
+    ckpt_dir = Path(retrain.ckpt_dir) / label
+    settings = retrain.decisive()  # what decides the result (not where it is kept, nor when the search asks for it)
     finished = _finished(ckpt_dir, settings)
     if finished is not None:
         _logger.info(
@@ -146,14 +145,59 @@ def retrain_candidate(
         )
         return finished
     start = time.perf_counter()
-    L.seed_everything(int(r.seed), workers=True)
-    needs_ranges = needs_activation_ranges(assignment)
-    ranges = candidates.activation_ranges if needs_ranges else None
+    L.seed_everything(int(retrain.seed), workers=True)
     if before is None:
         before = candidates.evaluate(assignment, timing=False).metrics
     _logger.info(
         "%s before retraining: top-1 %.4f on %d images", label, before["accuracy"], candidates.evaluator.n_images
     )
+    module, forward, modeled = _trainable(model, assignment, candidates, retrain)
+    run_id = _start_run(tracker, label, forward, modeled, settings, tags, before, assignment)
+    status = "FAILED"
+    try:
+        _fit(module, retrain, ckpt_dir, label, forward, [_CurveLogger(tracker, run_id)], refit=bool(modeled))
+        after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
+        weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
+        recalibrated = None
+        if retrain.recalibrate and needs_activation_ranges(assignment):
+            recalibrate(module.net, candidates.evaluator.calibration_batches())
+            recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
+        result = RetrainResult(
+            accuracy_before=before["accuracy"],
+            accuracy_after=after.acc_top1,
+            accuracy_top5_after=after.acc_top5,
+            energy_uj=before["energy_uj"],
+            training_forward=forward,
+            error_model_layers=len(modeled),
+            epochs=int(retrain.epochs),
+            wall_time_s=time.perf_counter() - start,
+            weights=weights,
+            run_id=run_id or None,
+            accuracy_recalibrated=recalibrated,
+        )
+        _log_result(tracker, run_id, result)
+        (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
+        status = "FINISHED"
+    finally:
+        tracker.end_run(run_id, status=status)
+    _logger.info(
+        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)%s",
+        label,
+        result.accuracy_before,
+        result.accuracy_after,
+        result.wall_time_s,
+        forward,
+        f"; with activation ranges re-calibrated after: {recalibrated:.4f}" if recalibrated is not None else "",
+    )
+    return result
+
+
+def _trainable(
+    model: torch.nn.Module, assignment: Assignment, candidates: CandidateEvaluator, r: RetrainSettings
+) -> tuple[RetrainingClassifier, str, list[str]]:
+    """The candidate as a trainable module; its training forward (bit_exact | error_model | mixed) and the
+    layers on the error model."""
+    ranges = candidates.activation_ranges if needs_activation_ranges(assignment) else None
     net = apply_assignment(
         model, assignment, ranges, path=candidates.emulation_path, per_channel=candidates.per_channel, trainable=True
     )
@@ -171,7 +215,20 @@ def retrain_candidate(
         label_smoothing=float(r.label_smoothing),
         warmup_pct=float(r.warmup_pct),
     )
-    last = ckpt_dir / "last.ckpt"
+    return module, forward, modeled
+
+
+def _start_run(
+    tracker: Tracker,
+    label: str,
+    forward: str,
+    modeled: list[str],
+    settings: dict[str, Any],
+    tags: dict[str, str] | None,
+    before: dict[str, float],
+    assignment: Assignment,
+) -> str:
+    """The retraining's tracked run (``""`` untracked); a run of this label left RUNNING is closed KILLED."""
     run_tags = {"dse_role": "retrain", "dse_retrain_label": label, "dse_training_forward": forward, **(tags or {})}
     # a run of this label still RUNNING was killed (one retraining per checkpoint folder at a time)
     dead = tracker.kill_running_runs("dse_retrain_label", label)
@@ -182,12 +239,25 @@ def retrain_candidate(
     run_id = tracker.start_run(f"retrain-{label}", run_tags, params)
     tracker.log_metrics(run_id, {"accuracy_before": before["accuracy"], "energy_uj": before["energy_uj"]})
     tracker.log_json(run_id, "assignment.json", {n: c.as_dict() for n, c in assignment.items()})
-    callbacks: list[L.Callback] = [
+    return run_id
+
+
+def _fit(
+    module: RetrainingClassifier,
+    r: RetrainSettings,
+    ckpt_dir: Path,
+    label: str,
+    forward: str,
+    callbacks: list[L.Callback],
+    refit: bool,
+) -> None:
+    """Train ``module`` for ``r.epochs`` on ``r.data``, resuming from ``ckpt_dir/last.ckpt`` if there."""
+    callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1, save_on_train_epoch_end=True),
         DivergenceGuard(float(r.lr)),
-        _CurveLogger(tracker, run_id),
+        *callbacks,
     ]
-    if modeled:
+    if refit:
         callbacks.append(ErrorModelRefit(int(r.error_model_refit_every)))
     trainer = L.Trainer(
         max_epochs=int(r.epochs),
@@ -200,60 +270,29 @@ def retrain_candidate(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    status = "FAILED"
-    try:
-        resume = str(last) if last.is_file() else None
-        _logger.info(
-            "Retraining %s for %d epoch(s), training forward %s; checkpoints in %s%s",
-            label,
-            r.epochs,
-            forward,
-            ckpt_dir,
-            f" (resuming {last})" if resume else "",
-        )
-        trainer.fit(module, datamodule=r.data, ckpt_path=resume)
-        after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
-        weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
-        recalibrated = None
-        if r.recalibrate and needs_ranges:
-            recalibrate(module.net, candidates.evaluator.calibration_batches())
-            recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
-        result = RetrainResult(
-            accuracy_before=before["accuracy"],
-            accuracy_after=after.acc_top1,
-            accuracy_top5_after=after.acc_top5,
-            energy_uj=before["energy_uj"],
-            training_forward=forward,
-            error_model_layers=len(modeled),
-            epochs=int(r.epochs),
-            wall_time_s=time.perf_counter() - start,
-            weights=weights,
-            run_id=run_id or None,
-            accuracy_recalibrated=recalibrated,
-        )
-        metrics = {
-            "accuracy_after": after.acc_top1,
-            "accuracy_top5_after": after.acc_top5,
-            "retrain_wall_time_s": result.wall_time_s,
-        }
-        if recalibrated is not None:
-            metrics["accuracy_recalibrated"] = recalibrated
-        tracker.log_metrics(run_id, metrics)
-        tracker.log_file(run_id, weights)
-        (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
-        status = "FINISHED"
-    finally:
-        tracker.end_run(run_id, status=status)
+    last = ckpt_dir / "last.ckpt"
+    resume = str(last) if last.is_file() else None
     _logger.info(
-        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)%s",
+        "Retraining %s for %d epoch(s), training forward %s; checkpoints in %s%s",
         label,
-        result.accuracy_before,
-        result.accuracy_after,
-        result.wall_time_s,
+        r.epochs,
         forward,
-        f"; with activation ranges re-calibrated after: {recalibrated:.4f}" if recalibrated is not None else "",
+        ckpt_dir,
+        f" (resuming {last})" if resume else "",
     )
-    return result
+    trainer.fit(module, datamodule=r.data, ckpt_path=resume)
+
+
+def _log_result(tracker: Tracker, run_id: str, result: RetrainResult) -> None:
+    metrics = {
+        "accuracy_after": result.accuracy_after,
+        "accuracy_top5_after": result.accuracy_top5_after,
+        "retrain_wall_time_s": result.wall_time_s,
+    }
+    if result.accuracy_recalibrated is not None:
+        metrics["accuracy_recalibrated"] = result.accuracy_recalibrated
+    tracker.log_metrics(run_id, metrics)
+    tracker.log_file(run_id, result.weights)
 
 
 def _finished(ckpt_dir: Path, settings: dict[str, Any]) -> RetrainResult | None:

@@ -6,22 +6,18 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from torch import nn
 
 from dse.assignment import Assignment, LayerConfig, needs_activation_ranges
+from dse.candidates.evaluation import AccuracyResult, Evaluator
+from dse.candidates.transform import apply_assignment
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
 from dse.emulation import EmulationPath, calibrate_ranges
-from dse.evaluation import AccuracyResult, Evaluator
-from dse.transform import apply_assignment
-
-if TYPE_CHECKING:  # dse.study imports this module
-    from dse.study.screening import ScreeningDecision, ScreeningRule
 
 __all__ = ["CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
 
@@ -52,7 +48,7 @@ class CandidateEvaluator:
         energy_model, latency_model: the cost models.
         activation_ranges: calibrated input ranges of quantized layers, or a function that gives them
             (another evaluator's, :meth:`on`); None = measured on this evaluator's images on first use.
-        emulation_path, per_channel: how layers on a multiplier are emulated (:func:`dse.transform.apply_assignment`).
+        emulation_path, per_channel: how layers on a multiplier are emulated (:func:`dse.candidates.transform.apply_assignment`).
 
     Measured time (``evaluator.relative_timing``): (candidate / exact model, interleaved passes) x the
     exact model's own time ``reference_time_s`` (its fastest pass, measured once per study and kept
@@ -157,21 +153,17 @@ class CandidateEvaluator:
             "modeled_latency_us": float(table["latency_us"].sum()),
         }
 
-    def screen(
-        self, assignment: Assignment, rule: ScreeningRule, front: list[list[float]]
-    ) -> tuple[ScreeningDecision, PartialEvaluation]:
-        """Evaluate the first ``rule.first_images`` images and decide whether the trial can stop there;
-        the partial evaluation lets :meth:`evaluate` finish the rest without redoing them."""
+    def first_images(self, assignment: Assignment, n: int) -> PartialEvaluation:
+        """``assignment`` evaluated on its first ``n`` images (of the evaluation order: a random sample), for a
+        decision to stop there (:mod:`dse.study.screening`); :meth:`evaluate` finishes the rest without redoing them."""
         candidate = self.candidate(assignment)
-        top1, top5 = self.evaluator.correct(candidate, stop=rule.first_images)
-        costs = self.costs(self.cost_table(self.model, assignment))
-        decision = rule.decide(int(top1.sum()), len(top1), self.evaluator.n_images, costs, front)
-        return decision, PartialEvaluation(candidate, top1, top5)
+        top1, top5 = self.evaluator.correct(candidate, stop=n)
+        return PartialEvaluation(candidate, top1, top5)
 
     def evaluate(
         self, assignment: Assignment, timing: bool = True, partial: PartialEvaluation | None = None
     ) -> CandidateResult:
-        """Every metric of ``assignment``; ``partial``: its first images already evaluated by :meth:`screen`."""
+        """Every metric of ``assignment``; ``partial``: its first images already evaluated (:meth:`first_images`)."""
         if partial is None:
             candidate = self.candidate(assignment)
             acc = self.evaluator.accuracy(candidate)

@@ -61,7 +61,7 @@ def single_process() -> LightningEnvironment:
     """The cluster environment of dse's Lightning Trainers (evaluation, retraining): one process, one device.
 
     The workers are dse's to manage. Left to itself, Lightning would detect a SLURM job and install
-    its own requeue and SIGTERM handlers (which fight :mod:`dse.interrupt` and submitit's), and warn
+    its own requeue and SIGTERM handlers (which fight :mod:`dse.worker.signals` and submitit's), and warn
     on every Trainer of a machine that merely has ``srun`` installed.
     """
     return LightningEnvironment()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dse.exceptions import ConfigError
 from dse.training.classifier import ImageClassifier
-from dse.workers import allocated_threads, single_process
+from dse.worker.process import allocated_threads, single_process
 
 __all__ = ["AccuracyResult", "Evaluator", "TimingResult", "default_device"]
 
@@ -84,7 +84,7 @@ class Evaluator:
         relative_timing: candidates are timed against the exact model (:meth:`relative_time`), which
             cancels a shared machine's load; False: the bare wall clock of :meth:`inference_time`.
         threads: torch intra-op threads, or None: the CPUs of this worker's SLURM allocation
-            (``SLURM_CPUS_PER_TASK``) if any, else torch's default (see :mod:`dse.workers`).
+            (``SLURM_CPUS_PER_TASK``) if any, else torch's default (see :mod:`dse.worker.process`).
         calibration_images: images (a seeded random selection of the evaluation set: its
             files may be class-major) over which activation ranges are measured once.
         calibration_seed: seed of that selection.

@@ -1,0 +1,73 @@
+"""The front re-evaluated on other images is the configuration that was searched: activation ranges are the
+search's, whichever knob quantizes activations (a multiplier or an activation format), never re-calibrated
+on the images that report it."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from hydra.utils import instantiate
+
+from dse.assignment import LayerConfig, needs_activation_ranges
+from dse.candidates.transform import apply_assignment
+from dse.config_building import build_trained_model, candidate_evaluator, evaluator_on
+from dse.study.final_evaluation import final_evaluation
+from dse.tracking.tracker import NullTracker
+from tests.conftest import compose_config, needs_cifar10
+
+pytestmark = needs_cifar10
+
+INT4_ACTIVATIONS = {"activation_format": "int4"}  # a formats study's choice: no multiplier
+
+
+@pytest.fixture(scope="module")
+def evaluators() -> tuple:
+    """Candidates on the shipped subset (search) and on 200 test images of the offline copy (held out)."""
+    cfg = compose_config(["study=quickstart", "data.test_subset=300"])
+    model = build_trained_model(cfg.model)
+    search = candidate_evaluator(cfg, model)
+    held = compose_config(["study=quickstart", "data=cifar10_npz", "data.test_subset=200", "data.subset_seed=1"])
+    return search, evaluator_on(held, held.data), cfg
+
+
+def test_held_out_candidates_keep_the_search_s_activation_ranges(evaluators: tuple) -> None:
+    search, held, _ = evaluators
+    own = candidate_evaluator(compose_config(["study=quickstart", "data.test_subset=300"]), search.model)
+    own.evaluator = held  # what re-calibrating on the held-out images would give
+    assert own.activation_ranges != search.activation_ranges  # other images, other ranges: the bug would show
+    assert search.on(held).activation_ranges == search.activation_ranges
+
+
+def test_a_formats_assignment_is_reported_with_the_ranges_it_was_searched_with(
+    evaluators: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search, held, cfg = evaluators
+    search.activation_ranges  # noqa: B018  (calibrated on the search set, as the search did)
+
+    def no_calibration_here() -> None:
+        raise AssertionError("activation ranges re-calibrated on the held-out images")
+
+    bound = instantiate(compose_config(["space=formats_group"]).space).bind(search.model, dict(cfg.model.layer_groups))
+    # every layer group's activations in int8, weights exact: a formats study's point with no multiplier
+    params = {p: ("int8" if p.startswith("activation_format.") else "exact") for p in bound.params}
+    assignment = bound.assignment(params)
+    assert all(c.activation_format == "int8" and not c.multiplier for c in assignment.values())
+    study = optuna.create_study(directions=["maximize"])
+    study.enqueue_trial(params)
+    study.optimize(lambda t: float(bool(bound.suggest(t))), n_trials=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(held, "calibration_batches", no_calibration_here)
+        table = final_evaluation(study, bound, search, lambda: held, NullTracker())
+    assert table is not None and list(table["trial"]) == [0]
+    # the searched model (the search's ranges) on the held-out images, and the one the bug reported
+    searched = held.accuracy(apply_assignment(search.model, assignment, search.activation_ranges))
+    own = candidate_evaluator(compose_config(["study=quickstart", "data.test_subset=300"]), search.model)
+    own.evaluator = held
+    assert table.loc[0, "final_accuracy"] == searched.acc_top1
+    assert table.loc[0, "final_n_images"] == held.n_images == 200
+    assert own.activation_ranges != search.activation_ranges
+
+
+def test_layer_configs_with_an_activation_format_need_ranges() -> None:
+    assert needs_activation_ranges({"a": LayerConfig(**INT4_ACTIVATIONS)})  # type: ignore[arg-type]
+    assert not needs_activation_ranges({"a": LayerConfig(decimals=2)})
