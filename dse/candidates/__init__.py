@@ -1,4 +1,4 @@
-"""A candidate (an assignment of knobs to the trained model's layers: :mod:`dse.assignment`), applied, measured, retrained.
+"""A candidate (knobs assigned to the trained model's layers: :mod:`dse.assignment`), applied, measured, retrained.
 
 - :mod:`.transform`: the assignment applied to a copy of the model;
 - :mod:`.evaluation`: accuracy (per image) and measured time on one data set;

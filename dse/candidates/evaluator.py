@@ -48,7 +48,8 @@ class CandidateEvaluator:
         energy_model, latency_model: the cost models.
         activation_ranges: calibrated input ranges of quantized layers, or a function that gives them
             (another evaluator's, :meth:`on`); None = measured on this evaluator's images on first use.
-        emulation_path, per_channel: how layers on a multiplier are emulated (:func:`dse.candidates.transform.apply_assignment`).
+        emulation_path, per_channel: how layers on a multiplier are emulated
+            (:func:`dse.candidates.transform.apply_assignment`).
 
     Measured time (``evaluator.relative_timing``): (candidate / exact model, interleaved passes) x the
     exact model's own time ``reference_time_s`` (its fastest pass, measured once per study and kept

@@ -105,6 +105,16 @@ class RetrainResult:
     run_id: str | None
     accuracy_recalibrated: float | None = None  # after re-measuring activation ranges (retrain.recalibrate)
 
+    def summary(self) -> str:
+        """One line for the log: before, after, time and how it trained."""
+        line = (
+            f"top-1 {self.accuracy_before:.4f} -> {self.accuracy_after:.4f} in {self.wall_time_s:.0f} s "
+            f"({self.training_forward} training forward)"
+        )
+        if self.accuracy_recalibrated is not None:
+            line += f"; with activation ranges re-calibrated after: {self.accuracy_recalibrated:.4f}"
+        return line
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (study user attributes, ``result.json``)."""
         return {**asdict(self), "weights": str(self.weights)}
@@ -136,13 +146,7 @@ def retrain_candidate(
     settings = retrain.decisive()  # what decides the result (not where it is kept, nor when the search asks for it)
     finished = _finished(ckpt_dir, settings)
     if finished is not None:
-        _logger.info(
-            "%s was retrained already (%s): %.4f -> %.4f",
-            label,
-            ckpt_dir,
-            finished.accuracy_before,
-            finished.accuracy_after,
-        )
+        _logger.info("%s was retrained already (%s): %s", label, ckpt_dir, finished.summary())
         return finished
     start = time.perf_counter()
     L.seed_everything(int(retrain.seed), workers=True)
@@ -156,39 +160,22 @@ def retrain_candidate(
     status = "FAILED"
     try:
         _fit(module, retrain, ckpt_dir, label, forward, [_CurveLogger(tracker, run_id)], refit=bool(modeled))
-        after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
-        weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
-        recalibrated = None
-        if retrain.recalibrate and needs_activation_ranges(assignment):
-            recalibrate(module.net, candidates.evaluator.calibration_batches())
-            recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
-        result = RetrainResult(
+        result = _measure_retrained(module, candidates, retrain, assignment, ckpt_dir)
+        result = dataclasses.replace(
+            result,
             accuracy_before=before["accuracy"],
-            accuracy_after=after.acc_top1,
-            accuracy_top5_after=after.acc_top5,
             energy_uj=before["energy_uj"],
             training_forward=forward,
             error_model_layers=len(modeled),
-            epochs=int(retrain.epochs),
             wall_time_s=time.perf_counter() - start,
-            weights=weights,
             run_id=run_id or None,
-            accuracy_recalibrated=recalibrated,
         )
         _log_result(tracker, run_id, result)
         (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
         status = "FINISHED"
     finally:
         tracker.end_run(run_id, status=status)
-    _logger.info(
-        "%s: top-1 %.4f -> %.4f in %.0f s (%s training forward)%s",
-        label,
-        result.accuracy_before,
-        result.accuracy_after,
-        result.wall_time_s,
-        forward,
-        f"; with activation ranges re-calibrated after: {recalibrated:.4f}" if recalibrated is not None else "",
-    )
+    _logger.info("%s: %s", label, result.summary())
     return result
 
 
@@ -281,6 +268,36 @@ def _fit(
         f" (resuming {last})" if resume else "",
     )
     trainer.fit(module, datamodule=r.data, ckpt_path=resume)
+
+
+def _measure_retrained(
+    module: RetrainingClassifier,
+    candidates: CandidateEvaluator,
+    retrain: RetrainSettings,
+    assignment: Assignment,
+    ckpt_dir: Path,
+) -> RetrainResult:
+    """The retrained network's bit-exact accuracy (and, with ``recalibrate``, after re-measuring its activation
+    ranges), its weights saved; the fields about how it was reached are the caller's to fill."""
+    after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
+    weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
+    recalibrated = None
+    if retrain.recalibrate and needs_activation_ranges(assignment):
+        recalibrate(module.net, candidates.evaluator.calibration_batches())
+        recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
+    return RetrainResult(
+        accuracy_before=float("nan"),
+        accuracy_after=after.acc_top1,
+        accuracy_top5_after=after.acc_top5,
+        energy_uj=float("nan"),
+        training_forward="",
+        error_model_layers=0,
+        epochs=int(retrain.epochs),
+        wall_time_s=float("nan"),
+        weights=weights,
+        run_id=None,
+        accuracy_recalibrated=recalibrated,
+    )
 
 
 def _log_result(tracker: Tracker, run_id: str, result: RetrainResult) -> None:

@@ -4,8 +4,8 @@ choice of emulation path (made once, at construction) and its dispatch, and the 
 The formula is in :mod:`dse.emulation.layers`; how a path is chosen, in :mod:`dse.emulation.path_choice`.
 With the exact multiplier this is ordinary integer quantized inference. The
 activation range is calibrated once (:func:`dse.emulation.calibration.calibrate_ranges`)
-and frozen in the ``act_range`` buffer. All paths give the same bits. The state_dict is the original layer's plus ``act_range``, and an
-original state_dict loads as is.
+and frozen in the ``act_range`` buffer. All paths give the same bits. The state_dict is the
+original layer's plus ``act_range``, and an original state_dict loads as is.
 """
 
 from __future__ import annotations

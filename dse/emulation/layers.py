@@ -140,27 +140,6 @@ class ApproxConv2d(EmulatedLayer, nn.Conv2d):
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
 
 
-class _EmulatedStraightThrough(torch.autograd.Function):
-    """Forward: the emulated (bit-exact) layer. Backward: the exact layer's gradient at the
-    quantized operands (straight through the rounding; zero outside the activation range)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: EmulatedLayer
-    ) -> torch.Tensor:
-        ctx.layer = layer
-        ctx.save_for_backward(x)
-        with torch.no_grad():
-            return layer._emulate(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        grad_x, grad_w, grad_b = ctx.layer._exact_grads(x, grad_y, needs)
-        return grad_x, grad_w, grad_b, None
-
-
 class ApproxLinear(EmulatedLayer, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, Conv2d.bias as Tensor | None
     """A Linear layer whose products come from ``multiplier``."""
 

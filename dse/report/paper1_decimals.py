@@ -118,6 +118,35 @@ def _plot_uniform(acc: pd.DataFrame, times: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
+def _time_verdict(rounded: pd.DataFrame) -> str:
+    """Whether fewer decimal places reduce the measured time: the rounded models' ratios to the unrounded one."""
+    lo, hi = rounded["ratio"].min(), rounded["ratio"].max()
+    trend = rounded["ratio"].corr(pd.Series(rounded.index.astype(int), index=rounded.index), method="spearman")
+    first, last = rounded["ratio"].iloc[0], rounded["ratio"].iloc[-1]
+    if max(abs(lo - 1), abs(hi - 1)) <= 0.05:
+        return (
+            "**No: fewer decimal places do not reduce inference time here.** Every rounded model's median time is "
+            f"within 5% of the unrounded model's (ratios {lo:.3f} to {hi:.3f})"
+        )
+    if abs(trend) < 0.5:
+        return (
+            f"**No: fewer decimal places do not reduce inference time here.** The time ratio to the unrounded "
+            f"model does not trend with d (Spearman {trend:+.2f}; d = {rounded.index[0]}: {first:.3f}, "
+            f"d = {rounded.index[-1]}: {last:.3f}). The rounded models' medians lie at {lo:.3f} to {hi:.3f} of the "
+            "unrounded one's; as d = 9, which moves no weight by more than 5e-10, shows the same offset as d = 1, "
+            "the offset is not the decimals' doing (its cause, with the same operators on the same shapes, was "
+            "not pinned down)"
+        )
+    return (
+        f"**Time changes with d here (Spearman {trend:+.2f} between d and the time ratio; ratios {lo:.3f} to "
+        f"{hi:.3f}).** Treat it with care"
+    )
+
+
+_UNIFORM_COLUMNS = ["d", "top-1", "vs unrounded (points)", "weight bits (modeled)", "energy (uJ)", "time (s)"]
+_UNIFORM_COLUMNS += ["time / unrounded"]
+
+
 def render_uniform(ctx: ReportContext) -> str:
     acc = ctx.table("uniform_decimals", "accuracy").astype({"decimals": str})
     timing = ctx.table("uniform_decimals", "timing").astype({"decimals": str})
@@ -141,49 +170,16 @@ def render_uniform(ctx: ReportContext) -> str:
         )
     repeats = int(timing["repeat"].max()) + 1
     images, threads = int(timing["images"].iloc[0]), timing["threads"].iloc[0]
-    rounded = times.drop(index=EXACT)
     safe = acc[(acc["decimals"] != EXACT) & (base["top1"] - acc["top1"] <= 0.01)]
     fewest = min((int(d) for d in safe["decimals"]), default=None)
-    lo, hi = rounded["ratio"].min(), rounded["ratio"].max()
-    trend = rounded["ratio"].corr(pd.Series(rounded.index.astype(int), index=rounded.index), method="spearman")
-    first, last = rounded["ratio"].iloc[0], rounded["ratio"].iloc[-1]
-    if max(abs(lo - 1), abs(hi - 1)) <= 0.05:
-        verdict = (
-            "**No: fewer decimal places do not reduce inference time here.** Every rounded model's median time is "
-            f"within 5% of the unrounded model's (ratios {lo:.3f} to {hi:.3f})"
-        )
-    elif abs(trend) < 0.5:
-        verdict = (
-            f"**No: fewer decimal places do not reduce inference time here.** The time ratio to the unrounded "
-            f"model does not trend with d (Spearman {trend:+.2f}; d = {rounded.index[0]}: {first:.3f}, "
-            f"d = {rounded.index[-1]}: {last:.3f}). The rounded models' medians lie at {lo:.3f} to {hi:.3f} of the "
-            "unrounded one's; as d = 9, which moves no weight by more than 5e-10, shows the same offset as d = 1, "
-            "the offset is not the decimals' doing (its cause, with the same operators on the same shapes, was "
-            "not pinned down)"
-        )
-    else:
-        verdict = (
-            f"**Time changes with d here (Spearman {trend:+.2f} between d and the time ratio; ratios {lo:.3f} to "
-            f"{hi:.3f}).** Treat it with care"
-        )
+    verdict = _time_verdict(times.drop(index=EXACT))
     return "\n\n".join(
         [
             f"Every conv/linear layer's weights rounded to d decimal places (round half to even), activations "
             f"unchanged. Top-1 on {int(base['test_images']):,} test images; time: {repeats} repeats of one pass "
             f"over the {images:,}-image search set on {threads} thread(s), every model once per repeat in a shuffled "
             "order; median and (min-max) over repeats.",
-            table(
-                [
-                    "d",
-                    "top-1",
-                    "vs unrounded (points)",
-                    "weight bits (modeled)",
-                    "energy (uJ)",
-                    "time (s)",
-                    "time / unrounded",
-                ],
-                rows,
-            ),
+            table(_UNIFORM_COLUMNS, rows),
             f"{verdict}. Why: rounding changes the *values* of the weights, not their type; they stay float32 "
             "tensors and every multiply-accumulate is the same float32 instruction on the same number of "
             "operands, so the CPU does identical work. A time saving needs narrower storage or arithmetic, "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 
+import pandas as pd
+
 from dse.assignment import LayerConfig
 from dse.multipliers import get_multiplier
 from dse.report.context import ReportContext
@@ -61,6 +63,10 @@ def compute(ctx: ReportContext) -> None:
         )
 
 
+_COLUMNS = ["variant", "top-1", "top-5", "vs fp32 (points)", "vs exact int8 (points)", "pJ per MAC"]
+_COLUMNS += ["MAC energy saved vs bf16", "model energy (uJ)"]
+
+
 def render(ctx: ReportContext) -> str:
     rows = ctx.table(NAME, "accuracy").set_index("variant")
     fp32, int8, bf16 = rows.loc["fp32"], rows.loc["exact_int8"], rows.loc["bf16"]
@@ -95,19 +101,7 @@ def render(ctx: ReportContext) -> str:
         "images, no retraining. `bf16`: weights and activations rounded to bfloat16, products accumulated in "
         "float32. Energy per MAC = multiply + add under the cost model (an approximate multiplier's multiply is "
         "the exact int8 one scaled by its power ratio; a bfloat16 multiply scales with its 8-bit significands).",
-        table(
-            [
-                "variant",
-                "top-1",
-                "top-5",
-                "vs fp32 (points)",
-                "vs exact int8 (points)",
-                "pJ per MAC",
-                "MAC energy saved vs bf16",
-                "model energy (uJ)",
-            ],
-            lines,
-        ),
+        table(_COLUMNS, lines),
         f"**Against the paper's \"up to 80%\".** Under dse's cost model a Mitch-w MAC saves {saving:.0f}% of a "
         f"bfloat16 MAC's energy ({'every w alike' if same_energy else best}). All of that saving comes from integer "
         f"arithmetic itself: the exact int8 MAC saves "
@@ -125,21 +119,27 @@ def render(ctx: ReportContext) -> str:
             + ") are expected: an 8-bit signed operand has a 7-bit magnitude, so at most 6 bits follow its leading "
             "one, and Mitchell's mantissa of w >= 6 bits keeps all of them.",
         )
-    if ctx.is_stored(RETRAINING):
-        retrained = ctx.table(RETRAINING, "retraining").set_index("assignment")
-        found = [n for n in ("mitchell_w6", "mitchell_w6_error_model") if n in retrained.index]
-        if found:
-            parts.append(
-                '**With retraining** (section "Paper 4"): '
-                + "; ".join(
-                    f"{n} ({retrained.loc[n, 'training_forward']} forward) {pct(retrained.loc[n, 'before_top1'])} -> "
-                    f"{pct(retrained.loc[n, 'after_top1'])}, {points(retrained.loc[n, 'after_top1'] - fp32['top1'])} "
-                    "points from float32"
-                    for n in found
-                )
-                + "."
-            )
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + _with_retraining(ctx, fp32))
+
+
+def _with_retraining(ctx: ReportContext, fp32: pd.Series) -> list[str]:
+    """Mitch-w6 after retraining (section "Paper 4"), if that stage is stored."""
+    if not ctx.is_stored(RETRAINING):
+        return []
+    retrained = ctx.table(RETRAINING, "retraining").set_index("assignment")
+    found = [n for n in ("mitchell_w6", "mitchell_w6_error_model") if n in retrained.index]
+    if not found:
+        return []
+    return [
+        '**With retraining** (section "Paper 4"): '
+        + "; ".join(
+            f"{n} ({retrained.loc[n, 'training_forward']} forward) {pct(retrained.loc[n, 'before_top1'])} -> "
+            f"{pct(retrained.loc[n, 'after_top1'])}, {points(retrained.loc[n, 'after_top1'] - fp32['top1'])} "
+            "points from float32"
+            for n in found
+        )
+        + "."
+    ]
 
 
 STAGE = Stage(NAME, "Paper 2: Mitchell's multiplier and bfloat16", compute, render)

@@ -85,15 +85,7 @@ def replay(
     enumerate): pass ``true_hv=1`` when the front to compare with is not known yet and compute
     the fractions later from ``points`` (:func:`hypervolume_history`).
     """
-    lookup: Lookup
-    if isinstance(table, pd.DataFrame):
-        by_key = table.set_index("key")
-
-        def lookup(key: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
-            return by_key.loc[key]
-
-    else:
-        lookup = table
+    lookup = _lookup_in(table) if isinstance(table, pd.DataFrame) else table
     seen: dict[str, tuple[float, float]] = {}  # complete evaluations
     evaluated: set[str] = set()  # complete or screened out: never evaluated again
     result, spent = Replay(), 0
@@ -117,21 +109,12 @@ def replay(
         policy.prune_if_duplicate(trial, key)  # as the search: a repeat is not evaluated again
         evaluated.add(key)
         row = lookup(key, params)
-        n_images = int(row["n_images"])
-        if screening == ORACLE and key != BASELINE_KEY:
-            final = [float(row["accuracy"]), float(row["energy_uj"])]
-            if any(dominates(t.values, final, OBJECTIVES) for t in study.best_trials):
+        if screening is not None and key != BASELINE_KEY:
+            prune, cost = _screened(screening, row, study)
+            if prune:
+                spent += cost
                 screened_out(trial, bool(row["on_true_front"]))
-        elif isinstance(screening, ScreeningRule) and key != BASELINE_KEY:
-            mask = unpack_correct(row["correct"], n_images)
-            m = min(screening.first_images, n_images)
-            front = [list(t.values) for t in study.best_trials]
-            decision = screening.decide(int(mask[:m].sum()), m, n_images, {"energy_uj": float(row["energy_uj"])}, front)
-            spent += m
-            if decision.prune:
-                screened_out(trial, bool(row["on_true_front"]))
-            spent -= m  # a survivor's first images are not evaluated again (CandidateEvaluator.evaluate)
-        spent += n_images
+        spent += int(row["n_images"])  # a survivor's first images are not evaluated again
         seen[key] = (float(row["accuracy"]), float(row["energy_uj"]))
         result.points.append(seen[key])
         result.costs.append(spent)
@@ -143,6 +126,33 @@ def replay(
     result.spent = spent
     result.fractions = hypervolume_history(result.points, reference, true_hv)
     return result
+
+
+def _screened(
+    screening: ScreeningRule | Literal["oracle"], row: Mapping[str, Any], study: optuna.Study
+) -> tuple[bool, int]:
+    """Whether screening stops this grid point, and the images it evaluated to decide: the oracle at no cost
+    (the current front dominates the point's final accuracy), a rule on the point's recorded first images."""
+    if screening == ORACLE:
+        final = [float(row["accuracy"]), float(row["energy_uj"])]
+        return any(dominates(t.values, final, OBJECTIVES) for t in study.best_trials), 0
+    assert isinstance(screening, ScreeningRule)
+    n_images = int(row["n_images"])
+    mask = unpack_correct(row["correct"], n_images)
+    m = min(screening.first_images, n_images)
+    front = [list(t.values) for t in study.best_trials]
+    decision = screening.decide(int(mask[:m].sum()), m, n_images, {"energy_uj": float(row["energy_uj"])}, front)
+    return decision.prune, m
+
+
+def _lookup_in(table: pd.DataFrame) -> Lookup:
+    """A grid's rows by assignment key."""
+    by_key = table.set_index("key")
+
+    def lookup(key: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        return by_key.loc[key]
+
+    return lookup
 
 
 def hypervolume_history(points: list[tuple[float, float]], reference: list[float], front_hv: float) -> list[float]:

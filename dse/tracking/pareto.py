@@ -234,6 +234,17 @@ def plot_retrained_front_png(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _hover(df: pd.DataFrame, metrics: Sequence[str], params: Sequence[str]) -> list[str]:
+    """One hover text per row: the trial, its metrics and its assignment."""
+    return [
+        f"<b>trial {int(r['trial'])}</b><br>"
+        + "<br>".join(f"{m} = {r[m]:.4g}" for m in metrics)
+        + "<br>"
+        + "<br>".join(f"{c[6:]} = {r[c]}" for c in params)
+        for _, r in df.iterrows()
+    ]
+
+
 def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path) -> Path:
     """The same panels as :func:`plot_front_png`, interactive (self-contained HTML: it renders offline
     and inside the MLflow UI's artifact viewer); hover shows the trial, its metrics and assignment."""
@@ -244,60 +255,45 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
     params = [c for c in all_trials.columns if c.startswith("param.")]
     on_front = set(front["trial"]) if not front.empty else set()
     metrics = sorted({n for pair in pairs for n in pair})
-
-    def hover(df: pd.DataFrame) -> list[str]:
-        return [
-            f"<b>trial {int(r['trial'])}</b><br>"
-            + "<br>".join(f"{m} = {r[m]:.4g}" for m in metrics)
-            + "<br>"
-            + "<br>".join(f"{c[6:]} = {r[c]}" for c in params)
-            for _, r in df.iterrows()
-        ]
-
     fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.12)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
-    dominated = all_trials[~all_trials["trial"].isin(on_front)]
-    base = baseline_rows(all_trials)
+    layers = [
+        (all_trials[~all_trials["trial"].isin(on_front)], "dominated trials", {"color": "lightgrey", "size": 7}),
+        (front, "Pareto front (all objectives)", {"color": "crimson", "size": 10}),
+        (
+            baseline_rows(all_trials),
+            "exact baseline",
+            {"color": "gold", "size": 16, "symbol": "star", "line": {"width": 1}},
+        ),
+    ]
     for col, (x, y) in enumerate(pairs, 1):
         sx, sy, first = axis_scale(x), axis_scale(y), col == 1
-        layers = [
-            (dominated, "dominated trials", {"color": "lightgrey", "size": 7}, "markers"),
-            (front, "Pareto front (all objectives)", {"color": "crimson", "size": 10}, "markers"),
-            (base, "exact baseline", {"color": "gold", "size": 16, "symbol": "star", "line": {"width": 1}}, "markers"),
-        ]
-        for df, name, marker, mode in layers:
-            if df.empty:
-                continue
-            fig.add_trace(
-                go.Scatter(
+        for df, name, marker in layers:
+            if not df.empty:
+                points = go.Scatter(
                     x=df[x] * sx,
                     y=df[y] * sy,
-                    mode=mode,
+                    mode="markers",
                     name=name,
                     legendgroup=name,
                     showlegend=first,
                     marker=marker,
-                    text=hover(df),
+                    text=_hover(df, metrics, params),
                     hoverinfo="text",
-                ),
-                row=1,
-                col=col,
-            )
+                )
+                fig.add_trace(points, row=1, col=col)
         stairs = staircase(feasible, x, y)
-        fig.add_trace(
-            go.Scatter(
-                x=stairs[x] * sx,
-                y=stairs[y] * sy,
-                mode="lines",
-                line={"shape": "hv", "color": "grey", "width": 1},
-                name="non-dominated in this view",
-                legendgroup="stairs",
-                showlegend=first,
-                hoverinfo="skip",
-            ),
-            row=1,
-            col=col,
+        line = go.Scatter(
+            x=stairs[x] * sx,
+            y=stairs[y] * sy,
+            mode="lines",
+            line={"shape": "hv", "color": "grey", "width": 1},
+            name="non-dominated in this view",
+            legendgroup="stairs",
+            showlegend=first,
+            hoverinfo="skip",
         )
+        fig.add_trace(line, row=1, col=col)
         fig.update_xaxes(title_text=axis_label(x), row=1, col=col)
         fig.update_yaxes(title_text=axis_label(y), row=1, col=col)
     fig.update_layout(

@@ -64,6 +64,13 @@ def protected_call(frame: FrameType | None) -> FrameType | None:
     return outermost
 
 
+def _die(signum: int) -> None:
+    """Exit at once, as the signal's default action would."""
+    for s in _SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, the first SIGINT/SIGTERM raises :class:`Interrupted`; the next one kills.
@@ -81,11 +88,6 @@ def stop_on_signals() -> Iterator[None]:
     fired = False
     held: int | None = None  # a signal waiting for a database call to return
 
-    def die(signum: int) -> None:
-        for s in _SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
     def fire(signum: int) -> NoReturn:
         nonlocal fired
         for s in _SIGNALS:
@@ -97,7 +99,7 @@ def stop_on_signals() -> Iterator[None]:
         nonlocal held
         if fired or held is not None:
             # a second signal (or this handler came back after Lightning's teardown restored it): die now
-            die(signum)
+            _die(signum)
             return
         call = protected_call(frame)
         if call is None or sys.getprofile() is not None:  # (a profiler the user runs keeps its hook)
