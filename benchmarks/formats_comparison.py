@@ -20,10 +20,9 @@ from hydra.utils import instantiate
 
 from dse.assignment import LayerConfig, targetable_layers
 from dse.candidates.evaluation import Evaluator
-from dse.candidates.evaluator import CandidateEvaluator
+from dse.config_building import build_trained_model, candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.training.cifar10 import CIFAR10DataModule
-from dse.training.weights import build_trained_model
 
 FORMATS = ["fp32", "bf16", "fp16", "e5m2", "e4m3", "e3m4", "e3m2", "e2m3", "e2m1", "int16", "int8", "int6", "int4"]
 
@@ -44,9 +43,8 @@ def main() -> None:
     model = build_trained_model(cfg.model)
     data = instantiate(cfg.final_eval.data) if args.full else CIFAR10DataModule(path="cifar10_test_subset")
     evaluator = Evaluator(data, timing_repeats=1)
-    candidates = CandidateEvaluator(
-        model, evaluator, instantiate(cfg.hardware.energy), latency_model=instantiate(cfg.hardware.latency)
-    )
+    # activation ranges calibrated on the search set, as the search does; the reported images never choose them
+    candidates = candidate_evaluator(cfg, model).on(evaluator)
     layers = list(targetable_layers(model))
     results = []
     for fmt in args.formats:

@@ -7,7 +7,7 @@ Commands (``python -m dse.<command>``; each composes its Hydra config and calls 
 
 The library, bottom-up (a layer imports only from the layers below it):
 :mod:`dse.exceptions`; :mod:`dse.numerics`; :mod:`dse.multipliers`; the vocabulary
-(:mod:`dse.assignment`, :mod:`dse.objectives`, :mod:`dse.stores`, :mod:`dse.optuna_internals`);
+(:mod:`dse.assignment`, :mod:`dse.objectives`, :mod:`dse.store_urls`, :mod:`dse.optuna_internals`);
 :mod:`dse.emulation`, :mod:`dse.cost`, :mod:`dse.search_spaces`, :mod:`dse.worker`,
 :mod:`dse.tracking`; :mod:`dse.training`; :mod:`dse.candidates`; :mod:`dse.study`.
 """

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError, DSEError
 from dse.objectives import Objective
-from dse.stores import SQLITE_PREFIX
+from dse.store_urls import SQLITE_PREFIX
 from dse.study.create import load_studies
 from dse.study.storage import describe_storage
 from dse.tracking.pareto import front_hypervolume

@@ -16,6 +16,7 @@ from tests.conftest import run_module
         ("dse.sensitivity", "the accuracy drop when only one layer (group) changes"),
         ("dse.training.train", "train a baseline classifier"),
         ("dse.retrain", "win back the accuracy an approximation costs"),
+        ("dse.report", "every measured claim of dse and of its papers"),
     ],
 )
 def test_help_is_short_and_useful(module: str, says: str) -> None:

@@ -126,7 +126,7 @@ def test_a_diverging_retraining_stops_clearly_and_changes_nothing(workdir: Path)
     shipped = resolve_asset("tiny_cnn_cifar10")
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
     run_search(compose_config(["study=quickstart", "study.n_trials=2", *FAST]))
-    proc = _cli(workdir, "study=quickstart", "trial=1", *TRAIN, "retrain.lr=1000", "retrain.epochs=1")
+    proc = _cli(workdir, "study=quickstart", "trial=1", *TRAIN, "retrain.lr=1e9", "retrain.epochs=1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert "Retraining diverged" in proc.stderr + proc.stdout and "Lower retrain.lr" in proc.stderr + proc.stdout
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")

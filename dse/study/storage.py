@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dse.exceptions import ConfigError
 from dse.optuna_internals import BaseHeartbeat, HeartbeatJournalStorage, RDBStorageWithStaleHook, trial_id
-from dse.stores import absolute_sqlite_url, retry_on_race
+from dse.store_urls import absolute_sqlite_url, retry_on_race
 from dse.study.journal_lock import JournalLock
 
 __all__ = [

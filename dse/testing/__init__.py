@@ -1,5 +1,5 @@
 """Conformance checks shared by the tests of every multiplier and emulation path."""
 
-from .emulation import SHAPES, LayerShape, emulated_pair, make_layer
+from .emulation import SHAPES, ConvCase, emulated_pair, make_layer
 
-__all__ = ["SHAPES", "LayerShape", "emulated_pair", "make_layer"]
+__all__ = ["SHAPES", "ConvCase", "emulated_pair", "make_layer"]

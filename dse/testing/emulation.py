@@ -14,11 +14,11 @@ from torch import nn
 from dse.emulation import EmulationPath, approximate_layer
 from dse.multipliers import Multiplier
 
-__all__ = ["SHAPES", "LayerShape", "emulated_pair", "make_layer"]
+__all__ = ["SHAPES", "ConvCase", "emulated_pair", "make_layer"]
 
 
 @dataclass(frozen=True)
-class LayerShape:
+class ConvCase:
     name: str
     in_ch: int
     out_ch: int
@@ -33,22 +33,22 @@ class LayerShape:
 
 
 SHAPES = [
-    LayerShape("regular", 5, 6),
-    LayerShape("pointwise", 12, 7, kernel=1, padding=0),
-    LayerShape("depthwise", 8, 8, groups=8),
-    LayerShape("depthwise_strided_x2", 4, 8, stride=2, groups=4),
-    LayerShape("grouped", 6, 9, groups=3),
-    LayerShape("strided_padded", 3, 4, kernel=5, stride=2, padding=2, size=9),
-    LayerShape("dilated", 4, 3, dilation=2, padding=2),
-    LayerShape("linear", 40, 6, linear=True),
-    LayerShape("batch1_odd_size", 3, 5, size=11, batch=1),
-    LayerShape("odd_strided_pointwise", 7, 5, kernel=1, stride=2, padding=0, size=9, batch=3),
+    ConvCase("regular", 5, 6),
+    ConvCase("pointwise", 12, 7, kernel=1, padding=0),
+    ConvCase("depthwise", 8, 8, groups=8),
+    ConvCase("depthwise_strided_x2", 4, 8, stride=2, groups=4),
+    ConvCase("grouped", 6, 9, groups=3),
+    ConvCase("strided_padded", 3, 4, kernel=5, stride=2, padding=2, size=9),
+    ConvCase("dilated", 4, 3, dilation=2, padding=2),
+    ConvCase("linear", 40, 6, linear=True),
+    ConvCase("batch1_odd_size", 3, 5, size=11, batch=1),
+    ConvCase("odd_strided_pointwise", 7, 5, kernel=1, stride=2, padding=0, size=9, batch=3),
     # 3,000 x 9 terms: sums beyond float32's exact range (2^24), the wide accumulator's case
-    LayerShape("long_accumulation", 3000, 2, size=3, batch=1),
+    ConvCase("long_accumulation", 3000, 2, size=3, batch=1),
 ]
 
 
-def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+def make_layer(shape: ConvCase, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     if shape.linear:
         layer: nn.Module = nn.Linear(shape.in_ch, shape.out_ch)
@@ -65,7 +65,7 @@ def make_layer(shape: LayerShape, seed: int = 0) -> tuple[nn.Module, torch.Tenso
 
 
 def emulated_pair(
-    shape: LayerShape, multiplier: str | Multiplier, paths: tuple[EmulationPath, EmulationPath], seed: int = 0
+    shape: ConvCase, multiplier: str | Multiplier, paths: tuple[EmulationPath, EmulationPath], seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of ``paths`` on the same layer, input and calibration."""
     layer, x = make_layer(shape, seed)

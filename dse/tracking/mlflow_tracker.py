@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
-from dse.stores import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
+from dse.store_urls import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
 from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
 from dse.tracking.summary import study_summary

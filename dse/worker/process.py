@@ -18,7 +18,7 @@ from pathlib import Path
 from lightning.fabric.plugins.environments import LightningEnvironment
 
 from dse.exceptions import ConfigError
-from dse.stores import SQLITE_PREFIX, absolute_sqlite_url
+from dse.store_urls import SQLITE_PREFIX, absolute_sqlite_url
 
 __all__ = ["allocated_threads", "scheduler_job", "single_process", "sole_sqlite_worker", "worker_index", "worker_name"]
 
