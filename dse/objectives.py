@@ -15,7 +15,12 @@ TRIAL_METRICS: Mapping[str, str] = {
     "accuracy": "top-1 accuracy on the search set, fraction",
     "accuracy_top5": "top-5 accuracy on the search set, fraction",
     "accuracy_retrained": "top-1 accuracy on the search set after approximate retraining (retrain.on=each)",
-    "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy)",
+    "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy): the sum of the four below",
+    "energy_multiply_uj": "estimated energy of the multiplies per inference, microjoules",
+    "energy_accumulate_uj": "estimated energy of the additions per inference, microjoules",
+    "energy_weight_memory_uj": "estimated energy of reading the weights per inference, microjoules",
+    "energy_activation_memory_uj": "estimated energy of reading and writing activations per inference, microjoules",
+    "energy_compute_uj": "estimated energy of the MAC array per inference (multiplies + additions), microjoules",
     "inference_time_s": "measured seconds of one pass over the search set on one thread: (candidate / exact "
     "model, batch-interleaved) x the exact model's time (dse.candidates.evaluation.Evaluator.relative_time)",
     "ms_per_image": "measured milliseconds per image (inference_time_s / images)",

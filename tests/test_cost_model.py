@@ -100,3 +100,32 @@ def test_incomplete_preset_and_unknown_memory_level() -> None:
         EnergyModel(**{**preset, "fp16_mul_pj": 1.1, "weight_memory": "hbm"})
     with pytest.raises(ConfigError, match="pe_count must be > 0"):
         LatencyModel(pe_count=0)
+
+
+def test_every_trial_carries_its_energy_by_component_and_they_add_up() -> None:
+    """The four components are metrics of every trial (and so possible objectives); on the multiplier
+    study's own config, a circuit of power ratio p on every layer lowers the compute energy by
+    (1 - p) x the multiply energy, to rounding, and leaves the memory components alone."""
+    from dse.candidates.evaluator import ENERGY_COMPONENTS, CandidateEvaluator
+    from dse.config_building import build_trained_model, candidate_evaluator
+    from dse.multipliers import get_multiplier
+    from dse.objectives import TRIAL_METRICS
+
+    cfg = compose_config(["study=mobilenet_cifar10_multipliers"])
+    model = build_trained_model(cfg.model)
+    candidates = candidate_evaluator(cfg, model)
+    exact_int8 = {n: LayerConfig(multiplier="exact_s8") for n in candidates.shapes}
+    circuit = get_multiplier("mul8s_1L2J")
+    assert circuit.power_ratio is not None and 0 < circuit.power_ratio < 1
+    approx = {n: LayerConfig(multiplier=circuit.name) for n in exact_int8}
+
+    def costs(assignment: dict) -> dict:
+        return CandidateEvaluator.costs(candidates.cost_table(model, assignment))
+
+    exact, cheap = costs(exact_int8), costs(approx)
+    assert set(ENERGY_COMPONENTS) | {"energy_compute_uj"} <= set(exact) and set(ENERGY_COMPONENTS) <= set(TRIAL_METRICS)
+    assert sum(exact[c] for c in ENERGY_COMPONENTS) == pytest.approx(exact["energy_uj"], rel=1e-12)
+    expected = (1 - circuit.power_ratio) * exact["energy_multiply_uj"]
+    assert exact["energy_compute_uj"] - cheap["energy_compute_uj"] == pytest.approx(expected, rel=1e-9)
+    for memory in ("energy_weight_memory_uj", "energy_activation_memory_uj"):
+        assert cheap[memory] == pytest.approx(exact[memory], rel=1e-12)

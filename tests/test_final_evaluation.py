@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from dse.assignment import LayerConfig, needs_activation_ranges
+from dse.candidates.accuracy_statistics import accuracy_interval, paired_difference
 from dse.candidates.transform import apply_assignment
 from dse.config_building import build_trained_model, candidate_evaluator, evaluator_on
 from dse.study.final_evaluation import final_evaluation
@@ -66,6 +68,27 @@ def test_a_formats_assignment_is_reported_with_the_ranges_it_was_searched_with(
     assert table.loc[0, "final_accuracy"] == searched.acc_top1
     assert table.loc[0, "final_n_images"] == held.n_images == 200
     assert own.activation_ranges != search.activation_ranges
+    # with its 95% interval, and its difference from the exact model on the same 200 images
+    row = table.loc[0]
+    assert row["final_accuracy_low"] < row["final_accuracy"] < row["final_accuracy_high"]
+    assert 0.05 < row["final_accuracy_high"] - row["final_accuracy_low"] < 0.2  # +-5-7 points on 200 images
+    exact = held.accuracy(search.model).acc_top1
+    assert row["final_vs_exact_points"] == pytest.approx(100 * (searched.acc_top1 - exact))
+    assert 0.0 <= row["final_vs_exact_mcnemar_p"] <= 1.0
+
+
+def test_accuracy_intervals_and_paired_tests_by_hand() -> None:
+    # 87 of 100 right: Wilson's 95% interval, (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), is
+    # (0.79020, 0.92243); the same images, 10 only-a vs 0 only-b: McNemar's exact p = 2 * 0.5**10
+    interval = accuracy_interval(torch.tensor([True] * 87 + [False] * 13))
+    assert (interval.low, interval.high) == (pytest.approx(0.790196, abs=1e-6), pytest.approx(0.922428, abs=1e-6))
+    a = torch.tensor([True] * 90 + [False] * 10)
+    b = torch.tensor([True] * 80 + [False] * 20)
+    paired = paired_difference(a, b)
+    assert (paired.only_a, paired.only_b) == (10, 0) and paired.p_value == pytest.approx(2 * 0.5**10)
+    assert paired_difference(a, a).p_value == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(a, b[:50])
 
 
 def test_layer_configs_with_an_activation_format_need_ranges() -> None:

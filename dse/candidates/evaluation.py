@@ -136,7 +136,7 @@ class Evaluator:
     def accuracy(self, model: nn.Module) -> AccuracyResult:
         """Top-1/top-5 accuracy of ``model`` (eval mode) on every test image: the mean of :meth:`correct`."""
         top1, top5 = self.correct(model)
-        return AccuracyResult(float(top1.float().mean()), float(top5.float().mean()), len(top1))
+        return AccuracyResult(int(top1.sum()) / len(top1), int(top5.sum()) / len(top5), len(top1))
 
     def _batches(self) -> list[torch.Tensor]:
         if self._timing_batches is None:

@@ -19,7 +19,15 @@ from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes
 from dse.emulation import EmulationPath, calibrate_ranges
 
-__all__ = ["CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
+__all__ = ["ENERGY_COMPONENTS", "CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
+
+# Each trial's energy by component (metric -> column of the cost table); they add up to energy_uj.
+ENERGY_COMPONENTS = {
+    "energy_multiply_uj": "multiply_pj",
+    "energy_accumulate_uj": "add_pj",
+    "energy_weight_memory_uj": "weight_memory_pj",
+    "energy_activation_memory_uj": "activation_memory_pj",
+}
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,11 @@ class CandidateEvaluator:
     def costs(table: pd.DataFrame) -> dict[str, float]:
         """The cost model's metrics of a :meth:`cost_table` (known before any image is evaluated)."""
         macs = table["macs"].sum()
+        parts = {name: float(table[column].sum()) / 1e6 for name, column in ENERGY_COMPONENTS.items()}
         return {
             "energy_uj": float(table["total_pj"].sum()) / 1e6,
+            **parts,
+            "energy_compute_uj": parts["energy_multiply_uj"] + parts["energy_accumulate_uj"],
             "mean_weight_bits": float((table["weight_bits"] * table["macs"]).sum() / macs),
             "modeled_latency_us": float(table["latency_us"].sum()),
         }
@@ -172,7 +183,7 @@ class CandidateEvaluator:
             candidate = partial.model
             top1, top5 = self.evaluator.correct(candidate, start=len(partial.top1))
             top1, top5 = torch.cat([partial.top1, top1]), torch.cat([partial.top5, top5])
-            acc = AccuracyResult(float(top1.float().mean()), float(top5.float().mean()), len(top1))
+            acc = AccuracyResult(int(top1.sum()) / len(top1), int(top5.sum()) / len(top5), len(top1))
         table = self.cost_table(self.model, assignment)
         metrics = {
             "accuracy": acc.acc_top1,

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from dse.candidates.evaluator import ENERGY_COMPONENTS
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
 
 __all__ = ["ScreeningDecision", "ScreeningRule", "binomial_cdf", "clopper_pearson_upper", "dominates"]
 
 # objectives known before any image is evaluated (the cost model's)
-_DETERMINISTIC = ("energy_uj", "modeled_latency_us", "mean_weight_bits")
+_DETERMINISTIC = ("energy_uj", *ENERGY_COMPONENTS, "energy_compute_uj", "modeled_latency_us", "mean_weight_bits")
 
 
 def binomial_cdf(c: int, n: int, p: float) -> float:
