@@ -91,7 +91,7 @@ def run_retrain(cfg: DictConfig) -> RetrainResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="retraining")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="retrain")
 def main(cfg: DictConfig) -> None:
     run_command(run_retrain, cfg)
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from dse.config_building import (
     study_settings,
 )
 from dse.config_paths import CONFIG_DIR
+from dse.objectives import Objective
 from dse.optuna_internals import storage_of
 from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
@@ -44,7 +46,7 @@ from dse.study.screening import ScreeningRule
 from dse.study.search_retraining import RETRAINED, SearchRetraining, check_retrain_settings, retrained_front
 from dse.study.settings import StudySettings
 from dse.study.storage import describe_storage, has_heartbeat
-from dse.tracking.pareto import front_table, plot_retrained_front_png
+from dse.tracking.pareto import front_table, plot_retrained_front_png, trials_table
 from dse.tracking.tracker import Tracker
 from dse.worker.process import sole_sqlite_worker, worker_index
 from dse.worker.signals import Interrupted, stop_on_signals
@@ -211,7 +213,7 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
     finally:
         tracker.close_parent(status)
     front = front_table(study, parts.settings.objectives)
-    _logger.info(end_of_search_message(study, front, tracker))
+    _logger.info(end_of_search_message(study, front, tracker, parts.settings.objectives))
     return SearchResult(study, front, tracker.parent_run_id)
 
 
@@ -241,9 +243,16 @@ def _assignment_summary(params: dict[str, object]) -> str:
     )
 
 
-def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: Tracker) -> str:
-    """What the search found and where to look: the front as a small table, its artifacts, the UI command."""
+def end_of_search_message(
+    study: optuna.Study, front: pd.DataFrame, tracker: Tracker, objectives: Sequence[Objective] = ()
+) -> str:
+    """What the search found and where to look: the front as a small table beside the reference points (the
+    exact model and the uniform settings of the space, marked), its artifacts, the UI command."""
     lines = [f"Done: {count_complete(study)} complete trials, {len(front)} on the Pareto front."]
+    if not front.empty and "reference" in front:
+        everything = trials_table(study, objectives) if objectives else front
+        references = everything[(everything["reference"] != "") & ~everything["trial"].isin(front["trial"])]
+        front = pd.concat([front.assign(on_front="yes"), references.assign(on_front="no")], ignore_index=True)
     if not front.empty:
         columns = {
             "accuracy": ("top-1 %", 100.0),
@@ -252,10 +261,13 @@ def end_of_search_message(study: optuna.Study, front: pd.DataFrame, tracker: Tra
             "inference_time_s": ("time s", 1.0),
         }
         table = pd.DataFrame({"trial": front["trial"]})
+        if "reference" in front:
+            table["front"] = front["on_front"].fillna("yes") if "on_front" in front else "yes"
+            table["reference"] = front["reference"]
         for name, (label, scale) in columns.items():
             if name in front and front[name].astype(float).notna().any():  # (time: only when measured)
                 table[label] = (front[name].astype(float) * scale).map(lambda v: f"{v:.4g}")
-        params = {t.number: t.params for t in study.best_trials}
+        params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
         table["assignment"] = [_assignment_summary(params[int(n)])[:90] for n in front["trial"]]
         lines += ["", table.to_string(index=False), ""]
     lines += tracker.where()

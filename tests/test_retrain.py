@@ -71,7 +71,7 @@ def test_retraining_wins_back_accuracy_lost_to_a_coarse_multiplier(workdir: Path
             "tracking=none",
             *TRAIN,
         ],
-        "retraining",
+        "retrain",
     )
     result = run_retrain(cfg)
     assert result.training_forward == forward
@@ -94,7 +94,7 @@ def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
     result = run_search(compose_config(search))
     trial = result.study.trials[1]
     retrain = [*search, "trial=1", *TRAIN, "retrain.epochs=1", "data.test_subset=200"]
-    first = run_retrain(compose_config(retrain, "retraining"))
+    first = run_retrain(compose_config(retrain, "retrain"))
     assert first.accuracy_before == pytest.approx(trial.values[0])  # the trial's own model, as the search scored it
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     run = client.get_run(first.run_id)  # type: ignore[arg-type]
@@ -113,7 +113,7 @@ def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
     assert not torch.equal(retrained["features.2.1.running_mean"], baseline["features.2.1.running_mean"])
     # re-running resumes from the last checkpoint: nothing is trained again, the same weights come out
     digest = hashlib.sha256(first.weights.read_bytes()).hexdigest()
-    again = run_retrain(compose_config(retrain, "retraining"))
+    again = run_retrain(compose_config(retrain, "retrain"))
     assert again.accuracy_after == pytest.approx(first.accuracy_after)
     assert hashlib.sha256(again.weights.read_bytes()).hexdigest() == digest
 

@@ -7,6 +7,7 @@ but not its editable install of dse: only the wheel's dse is importable there.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,8 +34,11 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The python of a fresh venv with dse installed from a wheel built from this checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # a copy: building in place would leave build/ and *.egg-info in the checkout
+    skip = (".git", ".venv", "mlruns", "outputs", "multirun", "build", "*.egg-info", ".kernel-cache", "docs")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip, "checkpoints", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(source)],
         check=True,
         timeout=600,
     )

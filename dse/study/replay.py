@@ -90,7 +90,7 @@ def replay(
     evaluated: set[str] = set()  # complete or screened out: never evaluated again
     result, spent = Replay(), 0
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    enqueue_starting_points(study, bound, seed_uniform)  # the search's own rules (dse.study.trial_policy)
+    enqueue_starting_points(study, bound, seed_uniform, budget)  # the search's own rules (dse.study.trial_policy)
     policy = TrialPolicy(study, budget)
 
     def screened_out(trial: optuna.Trial, on_true_front: bool) -> None:

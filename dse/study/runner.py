@@ -90,7 +90,7 @@ class StudyRunner:
         reference = self.study.user_attrs.get(TIME_REFERENCE_ATTR)
         if reference is not None:  # every worker and resume scales measured times by the same exact-model time
             self.candidates.reference_time_s = float(reference)
-        enqueue_starting_points(self.study, self.space, self.settings.seed_uniform)
+        enqueue_starting_points(self.study, self.space, self.settings.seed_uniform, self.budget)
         done = count_complete(self.study)
         if done >= self.budget:
             self.front.last_logged_step = done  # its points were logged when those trials completed

@@ -49,10 +49,20 @@ def count_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def enqueue_starting_points(study: optuna.Study, space: BoundSpace, seed_uniform: bool) -> None:
-    """The all-exact baseline, then (``seed_uniform``) every "all layers at one choice" assignment; each once."""
+def enqueue_starting_points(study: optuna.Study, space: BoundSpace, seed_uniform: bool, budget: int) -> None:
+    """The all-exact baseline, then (``seed_uniform``) the "all layers at one choice" assignments, as many as
+    the budget of ``budget`` COMPLETE trials holds after the baseline; each once. (More would wait in the
+    queue ahead of the retries of dead trials, which then never ran.)"""
     study.enqueue_trial(space.baseline_params(), skip_if_exists=True)
-    for params in space.uniform_params() if seed_uniform else []:
+    uniform = space.uniform_params() if seed_uniform else []
+    if len(uniform) > budget - 1:
+        _logger.info(
+            "The budget of %d trials holds the exact model and %d of the space's %d uniform settings.",
+            budget,
+            max(0, budget - 1),
+            len(uniform),
+        )
+    for params in uniform[: max(0, budget - 1)]:
         study.enqueue_trial(params, skip_if_exists=True)
 
 

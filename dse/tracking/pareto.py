@@ -10,8 +10,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from dse.assignment import BASELINE_KEY
 from dse.objectives import Objective
 from dse.optuna_internals import is_feasible, wfg_hypervolume
+from dse.search_spaces.space import EXACT
 
 __all__ = [
     "axis_label",
@@ -26,6 +28,7 @@ __all__ = [
     "plot_front_png",
     "plot_retrained_front_png",
     "projections",
+    "reference_kind",
     "staircase",
     "trials_table",
 ]
@@ -40,8 +43,23 @@ def non_dominated(better: np.ndarray, cheaper: np.ndarray) -> np.ndarray:
     return np.asarray(~(weakly & strictly).any(axis=1))
 
 
+def reference_kind(trial: FrozenTrial) -> str:
+    """``exact`` for the all-exact model, ``uniform`` for every parameter at one choice (those that lack it
+    exact), else ``""``: the reference points every front is shown beside."""
+    if trial.user_attrs.get("assignment_key") == BASELINE_KEY:
+        return "exact"
+    values = {v for v in trial.params.values() if v != EXACT}
+    if len(values) != 1:
+        return ""
+    (choice,) = values
+    for name, value in trial.params.items():
+        if choice in getattr(trial.distributions.get(name), "choices", ()) and value != choice:
+            return ""
+    return "uniform"
+
+
 def _row(trial: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, object]:
-    row: dict[str, object] = {"trial": trial.number, "feasible": is_feasible(trial)}
+    row: dict[str, object] = {"trial": trial.number, "feasible": is_feasible(trial), "reference": reference_kind(trial)}
     row.update({o.name: v for o, v in zip(objectives, trial.values or [], strict=False)})
     row.update({k: v for k, v in trial.user_attrs.items() if k not in row})
     row.update({f"param.{k}": v for k, v in trial.params.items()})
@@ -151,8 +169,6 @@ def staircase(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def baseline_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The all-exact baseline's row of a :func:`trials_table` (none if the table has no keys)."""
-    from dse.assignment import BASELINE_KEY
-
     return df[df["assignment_key"] == BASELINE_KEY] if "assignment_key" in df else df.iloc[:0]
 
 
@@ -169,6 +185,7 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
     base = baseline_rows(all_trials)
+    uniform = all_trials[all_trials["reference"] == "uniform"] if "reference" in all_trials else all_trials.iloc[:0]
     for ax, (x, y) in zip(axes[0], pairs, strict=False):
         sx, sy = axis_scale(x), axis_scale(y)
         ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
@@ -176,6 +193,17 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
         ax.step(stairs[x] * sx, stairs[y] * sy, where="post", c="0.35", lw=1, label="non-dominated here")
         if not front.empty:
             ax.scatter(front[x] * sx, front[y] * sy, s=30, c="tab:red", zorder=3, label="Pareto front (all objectives)")
+        if not uniform.empty:
+            ax.scatter(
+                uniform[x] * sx,
+                uniform[y] * sy,
+                s=50,
+                marker="D",
+                facecolors="none",
+                ec="tab:blue",
+                zorder=4,
+                label="uniform settings (every layer one choice)",
+            )
         if not base.empty:
             ax.scatter(
                 base[x] * sx, base[y] * sy, s=150, marker="*", c="gold", ec="k", zorder=4, label="exact baseline"
@@ -260,6 +288,11 @@ def plot_front_html(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: S
     layers = [
         (all_trials[~all_trials["trial"].isin(on_front)], "dominated trials", {"color": "lightgrey", "size": 7}),
         (front, "Pareto front (all objectives)", {"color": "crimson", "size": 10}),
+        (
+            all_trials[all_trials["reference"] == "uniform"] if "reference" in all_trials else all_trials.iloc[:0],
+            "uniform settings (every layer one choice)",
+            {"color": "royalblue", "size": 9, "symbol": "diamond-open"},
+        ),
         (
             baseline_rows(all_trials),
             "exact baseline",
