@@ -160,16 +160,8 @@ def retrain_candidate(
     status = "FAILED"
     try:
         _fit(module, retrain, ckpt_dir, label, forward, [_CurveLogger(tracker, run_id)], refit=bool(modeled))
-        result = _measure_retrained(module, candidates, retrain, assignment, ckpt_dir)
-        result = dataclasses.replace(
-            result,
-            accuracy_before=before["accuracy"],
-            energy_uj=before["energy_uj"],
-            training_forward=forward,
-            error_model_layers=len(modeled),
-            wall_time_s=time.perf_counter() - start,
-            run_id=run_id or None,
-        )
+        reached = {"training_forward": forward, "error_model_layers": len(modeled), "run_id": run_id or None}
+        result = _measure_retrained(module, candidates, retrain, assignment, ckpt_dir, before, reached, start)
         _log_result(tracker, run_id, result)
         (ckpt_dir / _RESULT).write_text(json.dumps({"settings": settings, "result": result.as_dict()}, indent=2))
         status = "FINISHED"
@@ -276,9 +268,12 @@ def _measure_retrained(
     retrain: RetrainSettings,
     assignment: Assignment,
     ckpt_dir: Path,
+    before: dict[str, float],
+    reached: dict[str, Any],
+    start: float,
 ) -> RetrainResult:
     """The retrained network's bit-exact accuracy (and, with ``recalibrate``, after re-measuring its activation
-    ranges), its weights saved; the fields about how it was reached are the caller's to fill."""
+    ranges), its weights saved, beside ``before`` and how it was ``reached`` (forward, error-model layers, run)."""
     after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
     weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
     recalibrated = None
@@ -286,17 +281,15 @@ def _measure_retrained(
         recalibrate(module.net, candidates.evaluator.calibration_batches())
         recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
     return RetrainResult(
-        accuracy_before=float("nan"),
+        accuracy_before=before["accuracy"],
         accuracy_after=after.acc_top1,
         accuracy_top5_after=after.acc_top5,
-        energy_uj=float("nan"),
-        training_forward="",
-        error_model_layers=0,
+        energy_uj=before["energy_uj"],
         epochs=int(retrain.epochs),
-        wall_time_s=float("nan"),
+        wall_time_s=time.perf_counter() - start,
         weights=weights,
-        run_id=None,
         accuracy_recalibrated=recalibrated,
+        **reached,
     )
 
 

@@ -66,8 +66,10 @@ class FrontPublisher:
         hv = self.current_hypervolume()
         plots = final or done % self.plot_every == 0 or done >= budget
         fresh = done != self.last_logged_step  # the final refresh after the last trial adds no point
-        layers = self.front_layers() if plots and self.study.best_trials else None
-        self.tracker.log_front(self.study, self.objectives, hv, done, plots=plots, metrics=fresh, layers=layers)
+        # the per-layer cost tables only when a tracker draws the front (never with tracking=none)
+        self.tracker.log_front(
+            self.study, self.objectives, hv, done, plots=plots, metrics=fresh, layers=self.front_layers
+        )
         self.last_logged_step = done
         return hv
 

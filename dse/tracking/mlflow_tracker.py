@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import mlflow
@@ -293,10 +293,10 @@ class MlflowTracker:
         n_complete: int,
         plots: bool,
         metrics: bool = True,
-        layers: pd.DataFrame | None = None,
+        layers: Callable[[], pd.DataFrame] | None = None,
     ) -> None:
         """Write the current front (CSV; HTML, PNG, the assignment heatmap and the per-layer costs
-        ``layers`` of its trials when ``plots``) and the hypervolume to the parent."""
+        ``layers()`` of its trials when ``plots``; computed only then) and the hypervolume to the parent."""
         parent = self._parent()
         front = front_table(study, objectives)
         self.log_table(parent, front, "pareto_front.csv", artifact_path="pareto")
@@ -314,7 +314,7 @@ class MlflowTracker:
                 if heatmap is not None:
                     self.client.log_artifact(parent, str(heatmap), "pareto")
             if layers is not None:
-                self.log_table(parent, layers, "pareto_layers.csv", "pareto")
+                self.log_table(parent, layers(), "pareto_layers.csv", "pareto")
             # the table the MLflow UI renders (artifact view, and the runs' "Evaluation" tab)
             shown = front[[c for c in front.columns if c not in ("assignment_key", "worker", "mlflow_run_id")]]
             self.replace_table(parent, shown, "pareto/pareto_front_table.json")

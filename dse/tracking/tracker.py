@@ -8,7 +8,7 @@ nothing, so callers never ask whether tracking is on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,7 +39,7 @@ class Tracker(Protocol):
         n_complete: int,
         plots: bool,
         metrics: bool = True,
-        layers: pd.DataFrame | None = None,
+        layers: Callable[[], pd.DataFrame] | None = None,
     ) -> None: ...
     def log_parent_table(self, table: pd.DataFrame, name: str, artifact_path: str | None = None) -> None: ...
     def log_parent_file(self, path: Path, artifact_path: str | None = None) -> None: ...
