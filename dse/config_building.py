@@ -19,6 +19,7 @@ from torch import nn
 from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
+from dse.exceptions import ConfigError
 from dse.objectives import parse_objectives
 from dse.search_spaces import BoundSpace
 from dse.study.sampler import sampler_for_space
@@ -31,6 +32,7 @@ __all__ = [
     "build_tracker",
     "build_trained_model",
     "candidate_evaluator",
+    "check_held_out",
     "evaluator_on",
     "hydra_job_number",
     "retrain_settings",
@@ -58,6 +60,23 @@ def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator
         emulation_path=cfg.emulation.path,
         per_channel=cfg.emulation.per_channel,
     )
+
+
+def check_held_out(cfg: DictConfig) -> None:
+    """Refuse a final evaluation whose images may have chosen the configurations it reports.
+
+    The search scores candidates on one half of the test set and the front is reported on the other
+    (``training.cifar10.half_of_test_set``); any other pairing lets selection inflate the reported accuracy.
+    """
+    if not cfg.final_eval.enabled:
+        return
+    search, held = str(cfg.data.get("test_split", "all")), str(cfg.final_eval.data.get("test_split", "all"))
+    if (search, held) != ("search", "held_out"):
+        raise ConfigError(
+            f"data.test_split={search} and final_eval.data.test_split={held} can share images, so the front's "
+            "reported accuracy could come from the images that chose it. Search on data.test_split=search and "
+            "report on final_eval.data.test_split=held_out (the defaults), or skip it: final_eval.enabled=false."
+        )
 
 
 def study_settings(cfg: DictConfig) -> StudySettings:

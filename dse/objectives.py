@@ -13,6 +13,9 @@ __all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "Objective", "parse_objecti
 # Every metric a trial logs, with its unit; any of them can be an objective.
 TRIAL_METRICS: Mapping[str, str] = {
     "accuracy": "top-1 accuracy on the search set, fraction",
+    "accuracy_low": "lower end of the 95% Wilson interval of accuracy (binomial over n_images)",
+    "accuracy_high": "upper end of the 95% Wilson interval of accuracy",
+    "n_images": "search-set images behind accuracy (images of the search half of the test set)",
     "accuracy_top5": "top-5 accuracy on the search set, fraction",
     "accuracy_retrained": "top-1 accuracy on the search set after approximate retraining (retrain.on=each)",
     "energy_uj": "estimated energy per inference, microjoules (dse.cost.energy): the sum of the four below",

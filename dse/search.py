@@ -29,6 +29,7 @@ from dse.config_building import (
     build_tracker,
     build_trained_model,
     candidate_evaluator,
+    check_held_out,
     evaluator_on,
     hydra_job_number,
     retrain_settings,
@@ -87,6 +88,7 @@ class _Parts:
 
 
 def _parts(cfg: DictConfig) -> _Parts:
+    check_held_out(cfg)
     settings = study_settings(cfg)
     objectives = list(settings.objectives)
     retrain = retrain_settings(cfg) if cfg.retrain.enabled or any(o.name == RETRAINED for o in objectives) else None
@@ -148,6 +150,7 @@ def _open_parent_run(cfg: DictConfig, tracker: Tracker, study: optuna.Study, par
         "weights": cfg.model.weights,
         "data": cfg.data.path,
         "search_images": evaluator.n_images,
+        "search_split": cfg.data.get("test_split", "all"),  # the front is reported on the other half
         "space": OmegaConf.to_yaml(cfg.space),
         "sampler": cfg.sampler._target_,
         "hardware": cfg.hardware.energy.name,

@@ -3,8 +3,19 @@ import pytest
 import torch
 
 from dse.exceptions import DataError
-from dse.training.cifar10 import CIFAR10DataModule, normalize, random_crop_flip, stratified_subset
-from tests.conftest import CIFAR10_NPZ, needs_cifar10
+from dse.candidates.evaluation import Evaluator
+from dse.config_building import check_held_out
+from dse.exceptions import ConfigError
+from dse.training.assets import resolve_asset
+from dse.training.cifar10 import (
+    CIFAR10DataModule,
+    normalize,
+    random_crop_flip,
+    stratified_subset,
+    half_of_test_set,
+    within_class_rank,
+)
+from tests.conftest import CIFAR10_NPZ, compose_config, needs_cifar10
 
 
 def test_shipped_subset_is_stratified_and_loads() -> None:
@@ -98,3 +109,59 @@ def test_validation_is_a_stratified_split_of_the_training_set_not_the_test_set()
 def test_a_missing_data_path_says_how_to_get_the_data() -> None:
     with pytest.raises(DataError, match=r"data.path is null.*DSE_CIFAR10_NPZ.*cifar10_torchvision"):
         CIFAR10DataModule(path=None).setup("test")  # type: ignore[arg-type]
+
+
+def test_the_halves_do_not_depend_on_the_copy_s_order() -> None:
+    """Official order (torchvision) and class-major order (the offline copy) cut into the same images."""
+    rng = np.random.default_rng(0)
+    official = rng.permutation(np.repeat(np.arange(10), 100))  # labels in some interleaved order
+    image_id = np.arange(1000)  # an image's identity = its official position
+    class_major = np.argsort(official, kind="stable")  # class by class, official order within a class
+    for split in ("search", "held_out"):
+        from_official = set(image_id[half_of_test_set(within_class_rank(official), split)])
+        from_class_major = set(image_id[class_major][half_of_test_set(within_class_rank(official[class_major]), split)])
+        assert from_official == from_class_major and len(from_official) == 500
+    search = set(half_of_test_set(within_class_rank(official), "search"))
+    assert not search & set(half_of_test_set(within_class_rank(official), "held_out"))
+
+
+@needs_cifar10
+def test_the_shipped_subset_lies_in_the_search_half_and_has_no_held_out_image() -> None:
+    with np.load(resolve_asset("cifar10_test_subset")) as shipped, np.load(CIFAR10_NPZ) as full:
+        ranks = within_class_rank(full["y_test"])
+        assert np.array_equal(shipped["x_test"], full["x_test"][shipped["test_indices"]])
+        assert np.array_equal(shipped["test_class_ranks"], ranks[shipped["test_indices"]])
+        assert set(shipped["test_indices"]) <= set(half_of_test_set(ranks, "search"))
+        assert np.array_equal(shipped["x_calibration"], full["x_train"][shipped["train_indices"]])
+    held = CIFAR10DataModule(path=str(CIFAR10_NPZ), test_split="held_out")
+    held.setup("test")
+    assert held.test_indices is not None and len(held.test_indices) == 5000
+    assert np.bincount(np.load(CIFAR10_NPZ)["y_test"][held.test_indices]).tolist() == [500] * 10
+    assert not set(held.test_indices) & set(np.load(resolve_asset("cifar10_test_subset"))["test_indices"])
+    with pytest.raises(DataError, match="no image of the 'held_out' half"):
+        CIFAR10DataModule(path="cifar10_test_subset", test_split="held_out").setup("test")
+
+
+def test_activation_ranges_are_calibrated_on_training_images() -> None:
+    dm = CIFAR10DataModule(path="cifar10_test_subset", test_subset=100)
+    evaluator = Evaluator(dm, timing_repeats=1, calibration_images=64, calibration_seed=5)
+    batches = evaluator.calibration_batches()
+    with np.load(resolve_asset("cifar10_test_subset")) as shipped:
+        training = normalize(torch.from_numpy(shipped["x_calibration"]).permute(0, 3, 1, 2))
+        tests = normalize(torch.from_numpy(shipped["x_test"]).permute(0, 3, 1, 2))
+    picked = torch.cat(batches)
+    assert len(picked) == 64
+    # every calibration image is a training image, none a test image
+    assert all(bool((training == x).flatten(1).all(1).any()) for x in picked)
+    assert not any(bool((tests == x).flatten(1).all(1).any()) for x in picked)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["data.test_split=all"], ["final_eval.data.test_split=search"], ["data.test_split=held_out"]],
+)
+def test_a_final_evaluation_that_could_share_images_with_the_search_is_refused(overrides: list[str]) -> None:
+    check_held_out(compose_config(["study=quickstart", "final_eval.enabled=true"]))  # the defaults pass
+    with pytest.raises(ConfigError, match="final_eval.data.test_split=held_out"):
+        check_held_out(compose_config(["study=quickstart", "final_eval.enabled=true", *overrides]))
+    check_held_out(compose_config(["study=quickstart", *overrides, "final_eval.enabled=false"]))

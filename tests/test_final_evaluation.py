@@ -24,11 +24,11 @@ INT4_ACTIVATIONS = {"activation_format": "int4"}  # a formats study's choice: no
 
 @pytest.fixture(scope="module")
 def evaluators() -> tuple:
-    """Candidates on the shipped subset (search) and on 200 test images of the offline copy (held out)."""
+    """Candidates on the shipped subset (search) and on 200 held-out test images of the offline copy."""
     cfg = compose_config(["study=quickstart", "data.test_subset=300"])
     model = build_trained_model(cfg.model)
     search = candidate_evaluator(cfg, model)
-    held = compose_config(["study=quickstart", "data=cifar10_npz", "data.test_subset=200", "data.subset_seed=1"])
+    held = compose_config(["study=quickstart", "data=cifar10_npz", "data.test_subset=200", "data.test_split=held_out"])
     return search, evaluator_on(held, held.data), cfg
 
 

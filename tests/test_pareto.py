@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from dse.tracking.pareto import hypervolume
+from dse.tracking.pareto import hypervolume, zoomed_range
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,13 @@ def test_hypervolume_grows_as_points_are_added() -> None:
     points = rng.random((40, 3))
     history = [hypervolume(points[: i + 1]) for i in range(len(points))]
     assert all(b >= a for a, b in itertools.pairwise(history)) and history[-1] > history[0]
+
+
+def test_the_zoomed_panel_spans_the_front_not_the_trials() -> None:
+    """The flagship case: front points at 87.6-88.0% among trials down to 10% (chance)."""
+    front = pd.DataFrame({"accuracy": [0.876, 0.878, 0.880], "energy_uj": [300.0, 350.0, 400.0]})
+    references = pd.DataFrame({"accuracy": [0.8822, 0.10], "energy_uj": [1599.0, 100.0]})  # exact, a bad uniform
+    low, high = zoomed_range(front, references, "accuracy")
+    assert 0.87 < low < 0.876 and 0.8822 < high < 0.885  # the front's 0.4 points fill most of the panel
+    assert (0.880 - 0.876) / (high - low) > 0.4  # on a 10-90% axis: 0.05
+    assert zoomed_range(front.iloc[:0], references, "accuracy") is None

@@ -7,7 +7,12 @@
   ``prepare_data`` when ``download=True``.
 
 Training holds out ``val_size`` images of the *training* set (stratified,
-seeded) for validation; the test set is only for the final number.
+seeded) for validation. The test set is cut in two fixed, disjoint, stratified
+halves (:func:`half_of_test_set`): a search picks configurations on the ``search``
+half and reports them on the ``held_out`` half, so no image that chose a
+configuration reports its accuracy. Activation ranges are calibrated on
+*training* images (:meth:`CIFAR10DataModule.calibration_images`), as in
+post-training quantization.
 Batches stay uint8 until they reach the device; ``on_after_batch_transfer``
 converts, augments (training only) and normalises there, so the same code is
 fast on CPU and GPU. Evaluation loaders never shuffle or drop samples.
@@ -28,7 +33,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from dse.exceptions import DataError
 from dse.training.assets import resolve_asset
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10Arrays", "CIFAR10DataModule", "load_cifar10", "stratified_subset"]
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR10Arrays",
+    "CIFAR10DataModule",
+    "TestSplit",
+    "load_cifar10",
+    "stratified_subset",
+    "half_of_test_set",
+    "within_class_rank",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,15 +51,58 @@ _logger = logging.getLogger(__name__)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+# Which test images a data module serves: all of them, or one of the two halves of half_of_test_set.
+TestSplit = Literal["all", "search", "held_out"]
+
 
 @dataclass(frozen=True)
 class CIFAR10Arrays:
-    """uint8 NHWC images and int64 labels; ``x_train`` is None for eval-only files."""
+    """uint8 NHWC images and int64 labels; ``x_train`` is None for eval-only files.
+
+    ``test_class_ranks``: each test image's position among its class's test images in the *official*
+    order (which decides its half, :func:`half_of_test_set`); ``x_calibration``: training images that an
+    eval-only file carries for activation-range calibration.
+    """
 
     x_test: np.ndarray
     y_test: np.ndarray
     x_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
+    test_class_ranks: np.ndarray | None = None
+    x_calibration: np.ndarray | None = None
+
+
+def within_class_rank(labels: np.ndarray) -> np.ndarray:
+    """Each sample's position among the samples of its class, in array order.
+
+    The same for the official test order (torchvision) and the class-major offline copy, which keeps
+    the official order within each class.
+
+    >>> within_class_rank(np.array([3, 1, 3, 3, 1])).tolist()
+    [0, 0, 1, 2, 1]
+    """
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        ranks[members] = np.arange(len(members))
+    return ranks
+
+
+def half_of_test_set(class_ranks: np.ndarray, split: TestSplit) -> np.ndarray:
+    """Indices of one fixed half of the test set: ``search`` the images of even within-class rank,
+    ``held_out`` those of odd rank (500 of each class each for CIFAR-10), ``all`` every image.
+
+    A rule on the official order, not a seeded draw: any copy of CIFAR-10 in official or class-major
+    order cuts into the same two halves, and they never overlap.
+
+    >>> half_of_test_set(np.array([0, 1, 2, 0, 1]), "held_out").tolist()
+    [1, 4]
+    """
+    if split == "all":
+        return np.arange(len(class_ranks))
+    if split not in ("search", "held_out"):
+        raise DataError(f"Unknown test split {split!r}; use 'search', 'held_out' or 'all'.")
+    return np.flatnonzero(class_ranks % 2 == (0 if split == "search" else 1))
 
 
 def _load_npz(path: Path) -> CIFAR10Arrays:
@@ -61,11 +119,15 @@ def _load_npz(path: Path) -> CIFAR10Arrays:
                     f"{str(path)!r} has arrays {sorted(d.files)}, but a CIFAR-10 file needs "
                     "x_test and y_test (uint8 N x 32 x 32 x 3 and int labels)."
                 )
+            y_test = d["y_test"].astype(np.int64)
             arrays = CIFAR10Arrays(
                 x_test=d["x_test"],
-                y_test=d["y_test"].astype(np.int64),
+                y_test=y_test,
                 x_train=d.get("x_train", None),
                 y_train=d["y_train"].astype(np.int64) if "y_train" in d else None,
+                # a subset file says where its images sit in the official order; a full copy is in it
+                test_class_ranks=d["test_class_ranks"] if "test_class_ranks" in d else within_class_rank(y_test),
+                x_calibration=d.get("x_calibration", None),
             )
     except (OSError, ValueError) as exc:  # zip/pickle errors of a corrupt file
         raise DataError(f"Cannot read CIFAR-10 file {str(path)!r}: {exc}. Re-create or re-download it.") from exc
@@ -88,11 +150,13 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
             f"torchvision CIFAR-10 not found under {str(root)!r} ({exc}). Set data.download=true "
             "with network access, or point data= at a local .npz (data=cifar10_npz data.path=...)."
         ) from exc
+    y_test = np.asarray(test.targets, dtype=np.int64)
     return CIFAR10Arrays(
         x_test=np.asarray(test.data),
-        y_test=np.asarray(test.targets, dtype=np.int64),
+        y_test=y_test,
         x_train=np.asarray(train.data),
         y_train=np.asarray(train.targets, dtype=np.int64),
+        test_class_ranks=within_class_rank(y_test),
     )
 
 
@@ -141,7 +205,8 @@ def _to_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
 
 
 class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 train/test loaders; ``test_subset`` picks a stratified, seeded subset.
+    """CIFAR-10 train/test loaders; ``test_split`` picks a half of the test set and ``test_subset`` a
+    stratified, seeded subset of it.
 
     Args:
         source: ``"npz"`` or ``"torchvision"``.
@@ -149,7 +214,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         download: let torchvision download into ``path`` (``prepare_data``).
         batch_size: training batch size.
         eval_batch_size: batch size of validation/test loaders (never drops samples).
-        test_subset: number of test images to keep (multiple of 10), or None for all.
+        test_split: ``"search"`` or ``"held_out"`` (the two disjoint halves of :func:`half_of_test_set`), or
+            ``"all"`` test images.
+        test_subset: number of test images to keep of that split (multiple of 10), or None for all.
         subset_seed: seed of the stratified test subset and of the validation split.
         val_size: training images held out for validation (stratified; multiple of 10; 0 = none,
             then training uses all training images and runs no validation).
@@ -168,6 +235,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int = 250,
         test_subset: int | None = None,
         subset_seed: int = 0,
+        test_split: TestSplit = "all",
         val_size: int = 5000,
         train_subset: int | None = None,
         augment: bool = True,
@@ -182,6 +250,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.test_subset = test_subset
         self.subset_seed = subset_seed
+        self.test_split = test_split
         self.val_size = val_size
         self.train_subset = train_subset
         self.augment = augment
@@ -191,6 +260,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._val: TensorDataset | None = None
         self.val_indices: np.ndarray | None = None
         self._test: TensorDataset | None = None
+        self._calibration_pool: np.ndarray | None = None
 
     def prepare_data(self) -> None:
         if self.source == "torchvision" and self.download:
@@ -200,11 +270,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self._test is not None and (stage != "fit" or self._train is not None):
             return
         arrays = load_cifar10(self.source, self.path)
+        assert arrays.test_class_ranks is not None
+        half = half_of_test_set(arrays.test_class_ranks, self.test_split)
+        if not len(half):
+            raise DataError(
+                f"{self.path!r} holds no image of the {self.test_split!r} half of the test set (the shipped "
+                "subset holds search images only). For held-out images use the full test set: "
+                "data=cifar10_torchvision, or data=cifar10_npz data.path=/path/cifar10.npz."
+            )
         self.test_indices = (
-            np.arange(len(arrays.y_test))
+            half
             if self.test_subset is None
-            else stratified_subset(arrays.y_test, self.test_subset, self.subset_seed)
+            else half[stratified_subset(arrays.y_test[half], self.test_subset, self.subset_seed)]
         )
+        self._calibration_pool = arrays.x_calibration if arrays.x_calibration is not None else arrays.x_train
         self._test = _to_dataset(arrays.x_test[self.test_indices], arrays.y_test[self.test_indices])
         if stage == "fit":
             if arrays.x_train is None or arrays.y_train is None:
@@ -221,7 +300,18 @@ class CIFAR10DataModule(L.LightningDataModule):
             if self.train_subset is not None:
                 kept = kept[stratified_subset(arrays.y_train[kept], self.train_subset, self.subset_seed + 1)]
             self._train = _to_dataset(arrays.x_train[kept], arrays.y_train[kept])
-        _logger.info("CIFAR-10 from %s (%s): %d test images", self.path, self.source, len(self._test))
+        _logger.info(
+            "CIFAR-10 from %s (%s): %d test images (%s)", self.path, self.source, len(self._test), self.test_split
+        )
+
+    def calibration_images(self, count: int, seed: int) -> torch.Tensor | None:
+        """``count`` training images (a seeded pick), uint8 NCHW, for activation-range calibration;
+        None when the file holds no training image."""
+        if self._calibration_pool is None:
+            return None
+        pool = self._calibration_pool
+        pick = np.sort(np.random.default_rng(seed).permutation(len(pool))[: min(count, len(pool))])
+        return torch.from_numpy(np.ascontiguousarray(pool[pick])).permute(0, 3, 1, 2).contiguous()
 
     def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
         if dataset is None:

@@ -85,8 +85,8 @@ class Evaluator:
             cancels a shared machine's load; False: the bare wall clock of :meth:`inference_time`.
         threads: torch intra-op threads, or None: the CPUs of this worker's SLURM allocation
             (``SLURM_CPUS_PER_TASK``) if any, else torch's default (see :mod:`dse.worker.process`).
-        calibration_images: images (a seeded random selection of the evaluation set: its
-            files may be class-major) over which activation ranges are measured once.
+        calibration_images: training images (a seeded pick, :meth:`calibration_batches`) over which
+            activation ranges are measured once.
         calibration_seed: seed of that selection.
         order_seed: images are evaluated in a seeded random order (None: the data module's), so
             that the first images of :meth:`correct` are a random sample of the set: screening
@@ -196,7 +196,23 @@ class Evaluator:
         return torch.cat([t for t, _ in out]), torch.cat([f for _, f in out])
 
     def calibration_batches(self) -> list[torch.Tensor]:
-        """``calibration_images`` images picked with a seeded permutation, normalised, on the device."""
+        """``calibration_images`` *training* images (the data module's seeded pick), normalised, on the device.
+
+        Training images, as post-training quantization calibrates: no image that scores a candidate sets
+        its ranges. A data module without training images (an eval-only file of your own) falls back to a
+        seeded pick of the evaluation images, with a warning.
+        """
+        pool = getattr(self.datamodule, "calibration_images", None)
+        raw = pool(self.calibration_images, self.calibration_seed) if pool is not None else None
+        if raw is not None:
+            prepare = self.datamodule.on_after_batch_transfer  # the same normalisation as the evaluation images
+            images = prepare((raw.to(self.device), torch.zeros(len(raw), dtype=torch.long)), 0)[0]
+            return list(images.split(self.datamodule.eval_batch_size))  # type: ignore[attr-defined]
+        _logger.warning(
+            "The data module has no training images: activation ranges are calibrated on %d evaluation images. "
+            "Give a file with x_train (or x_calibration) to calibrate on training images.",
+            self.calibration_images,
+        )
         images = torch.cat(self._batches())
         generator = torch.Generator().manual_seed(self.calibration_seed)
         pick = torch.randperm(len(images), generator=generator)[: self.calibration_images].sort().values

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from dse.assignment import Assignment, LayerConfig, needs_activation_ranges
-from dse.candidates.evaluation import AccuracyResult, Evaluator
+from dse.candidates.accuracy_statistics import accuracy_interval
+from dse.candidates.evaluation import Evaluator
 from dse.candidates.transform import apply_assignment
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
@@ -178,16 +179,19 @@ class CandidateEvaluator:
         """Every metric of ``assignment``; ``partial``: its first images already evaluated (:meth:`first_images`)."""
         if partial is None:
             candidate = self.candidate(assignment)
-            acc = self.evaluator.accuracy(candidate)
+            top1, top5 = self.evaluator.correct(candidate)
         else:  # the remaining images only: the same forward, each image once
             candidate = partial.model
             top1, top5 = self.evaluator.correct(candidate, start=len(partial.top1))
             top1, top5 = torch.cat([partial.top1, top1]), torch.cat([partial.top5, top5])
-            acc = AccuracyResult(int(top1.sum()) / len(top1), int(top5.sum()) / len(top5), len(top1))
+        interval = accuracy_interval(top1)
         table = self.cost_table(self.model, assignment)
         metrics = {
-            "accuracy": acc.acc_top1,
-            "accuracy_top5": acc.acc_top5,
+            "accuracy": interval.accuracy,
+            "accuracy_low": interval.low,
+            "accuracy_high": interval.high,
+            "n_images": interval.n_images,
+            "accuracy_top5": int(top5.sum()) / len(top5),
             **self.costs(table),
             "inference_time_s": math.nan,
             "ms_per_image": math.nan,

@@ -36,7 +36,7 @@ def final_evaluation(
     held_out: Callable[[], Evaluator],
     tracker: Tracker,
 ) -> pd.DataFrame | None:
-    """Accuracy of every Pareto trial on the full test set (kept in study attrs: never redone).
+    """Accuracy of every Pareto trial on the held-out images (kept in study attrs: never redone).
 
     Quantized layers keep the activation ranges calibrated for the search, so the
     re-evaluated model is the very one the search scored. When the data cannot be
@@ -46,7 +46,7 @@ def final_evaluation(
         full = held_out()
     except DataError as exc:
         _logger.warning(
-            "Skipped the full-test-set re-evaluation of the front: %s\nTo get the test set: %s.",
+            "Skipped the held-out re-evaluation of the front: %s\nTo get the test set: %s.",
             exc,
             HOW_TO_GET_THE_TEST_SET,
         )
@@ -77,5 +77,5 @@ def final_evaluation(
                 tracker.log_metrics(run_id, result)
         rows.append({"trial": trial.number, **result})
     table = pd.DataFrame(rows)
-    _logger.info("Pareto front on the full test set (%d images):\n%s", full.n_images, table.to_string(index=False))
+    _logger.info("Pareto front on %d held-out images (none of them scored a candidate):\n%s", full.n_images, table.to_string(index=False))
     return table

@@ -31,6 +31,7 @@ __all__ = [
     "reference_kind",
     "staircase",
     "trials_table",
+    "zoomed_range",
 ]
 
 
@@ -172,46 +173,71 @@ def baseline_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["assignment_key"] == BASELINE_KEY] if "assignment_key" in df else df.iloc[:0]
 
 
+def zoomed_range(front: pd.DataFrame, references: pd.DataFrame, y: str) -> tuple[float, float] | None:
+    """The y range (in ``y``'s units) that shows the front's differences: from its lowest point to the
+    highest of the front and the exact baseline, padded; None when there is nothing to zoom on."""
+    values = pd.concat([front[y], references[y]]).astype(float) if y in references else front[y].astype(float)
+    values = values[np.isfinite(values)]
+    if front.empty or values.empty:
+        return None
+    low, high = float(front[y].astype(float).min()), float(values.max())
+    pad = max(0.15 * (high - low), 0.002 if axis_scale(y) == 100.0 else 1e-9)
+    return low - pad, high + pad
+
+
+def _draw_projection(ax, all_trials, feasible, front, uniform, base, x, y) -> None:  # type: ignore[no-untyped-def]
+    sx, sy = axis_scale(x), axis_scale(y)
+    ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
+    stairs = staircase(feasible, x, y)
+    ax.step(stairs[x] * sx, stairs[y] * sy, where="post", c="0.35", lw=1, label="non-dominated here")
+    if not front.empty:
+        ax.scatter(front[x] * sx, front[y] * sy, s=30, c="tab:red", zorder=3, label="Pareto front (all objectives)")
+    if not uniform.empty:
+        ax.scatter(
+            uniform[x] * sx,
+            uniform[y] * sy,
+            s=50,
+            marker="D",
+            facecolors="none",
+            ec="tab:blue",
+            zorder=4,
+            label="uniform settings (every layer one choice)",
+        )
+    if not base.empty:
+        ax.scatter(base[x] * sx, base[y] * sy, s=150, marker="*", c="gold", ec="k", zorder=4, label="exact baseline")
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
+    ax.grid(alpha=0.3)
+
+
 def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[Objective], path: Path) -> Path:
-    """One panel per projection: every trial (grey), that projection's own non-dominated staircase
+    """One column per projection: every trial (grey), that projection's own non-dominated staircase
     (line), the members of the full multi-objective front (red, not joined: in a projection they
-    need not be a front), and the all-exact baseline (star)."""
+    need not be a front), the uniform settings (diamonds) and the all-exact baseline (star). The top
+    row shows every trial; the bottom row zooms on the front's accuracies, which on the full axis sit
+    on one line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pairs = projections(all_trials, objectives)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(pairs), figsize=(5.5 * len(pairs), 8.5), squeeze=False)
     feasible = all_trials[all_trials["feasible"]] if "feasible" in all_trials else all_trials
     base = baseline_rows(all_trials)
     uniform = all_trials[all_trials["reference"] == "uniform"] if "reference" in all_trials else all_trials.iloc[:0]
-    for ax, (x, y) in zip(axes[0], pairs, strict=False):
-        sx, sy = axis_scale(x), axis_scale(y)
-        ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
-        stairs = staircase(feasible, x, y)
-        ax.step(stairs[x] * sx, stairs[y] * sy, where="post", c="0.35", lw=1, label="non-dominated here")
-        if not front.empty:
-            ax.scatter(front[x] * sx, front[y] * sy, s=30, c="tab:red", zorder=3, label="Pareto front (all objectives)")
-        if not uniform.empty:
-            ax.scatter(
-                uniform[x] * sx,
-                uniform[y] * sy,
-                s=50,
-                marker="D",
-                facecolors="none",
-                ec="tab:blue",
-                zorder=4,
-                label="uniform settings (every layer one choice)",
-            )
-        if not base.empty:
-            ax.scatter(
-                base[x] * sx, base[y] * sy, s=150, marker="*", c="gold", ec="k", zorder=4, label="exact baseline"
-            )
-        ax.set_xlabel(axis_label(x))
-        ax.set_ylabel(axis_label(y))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+    for column, (x, y) in enumerate(pairs):
+        for row in range(2):
+            _draw_projection(axes[row][column], all_trials, feasible, front, uniform, base, x, y)
+        axes[0][column].legend(loc="lower right", fontsize=8)
+        axes[0][column].set_title("every trial", fontsize=9)
+        zoom = zoomed_range(front, pd.concat([base, uniform]), y)
+        if zoom is not None:
+            sy = axis_scale(y)
+            axes[1][column].set_ylim(zoom[0] * sy, zoom[1] * sy)
+            axes[1][column].set_title("zoomed on the front", fontsize=9)
+        else:
+            axes[1][column].set_visible(False)
     fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front of {', '.join(o.name for o in objectives)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
