@@ -181,7 +181,7 @@ def zoomed_range(front: pd.DataFrame, references: pd.DataFrame, y: str) -> tuple
     if front.empty or values.empty:
         return None
     low, high = float(front[y].astype(float).min()), float(values.max())
-    pad = max(0.15 * (high - low), 0.002 if axis_scale(y) == 100.0 else 1e-9)
+    pad = max(0.15 * (high - low), 0.001 if axis_scale(y) == 100.0 else 1e-9)
     return low - pad, high + pad
 
 
