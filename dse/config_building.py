@@ -20,7 +20,7 @@ from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
 from dse.exceptions import ConfigError
-from dse.objectives import parse_objectives
+from dse.objectives import parse_bounds, parse_objectives
 from dse.search_spaces import BoundSpace
 from dse.study.sampler import sampler_for_space
 from dse.study.settings import StudySettings
@@ -32,6 +32,7 @@ __all__ = [
     "build_tracker",
     "build_trained_model",
     "candidate_evaluator",
+    "check_hardware",
     "check_held_out",
     "evaluator_on",
     "hydra_job_number",
@@ -56,7 +57,7 @@ def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator
         model,
         evaluator_on(cfg, cfg.data),
         instantiate(cfg.hardware.energy),
-        latency_model=instantiate(cfg.hardware.latency),
+        latency_model=instantiate(cfg.hardware.latency) if cfg.hardware.get("latency") else None,
         emulation_path=cfg.emulation.path,
         per_channel=cfg.emulation.per_channel,
     )
@@ -79,6 +80,22 @@ def check_held_out(cfg: DictConfig) -> None:
         )
 
 
+def check_hardware(cfg: DictConfig, settings: StudySettings) -> None:
+    """Refuse objectives and constraints the ``hardware`` preset cannot price (e.g. a modeled latency
+    without a ``latency`` section), before anything runs."""
+    used = {o.name for o in settings.objectives} | {b.metric for b in settings.constraints}
+    # every trial is priced (energy_uj is always logged); a latency model only when its metric is used
+    needs = {"energy": used | {"energy_uj"}, "latency": used & {"modeled_latency_us"}}
+    name = cfg.hardware.get("energy", {}).get("name", "the hardware preset") if cfg.get("hardware") else "(none)"
+    for section, metrics in needs.items():
+        if metrics and not (cfg.get("hardware") and cfg.hardware.get(section)):
+            raise ConfigError(
+                f"{', '.join(sorted(metrics))}: needs hardware.{section}, which {name} does not define. Pick a "
+                "preset that has it (hardware=horowitz_45nm or horowitz_45nm_onchip: conf/hardware/), add the "
+                "section to yours, or drop that objective or constraint."
+            )
+
+
 def study_settings(cfg: DictConfig) -> StudySettings:
     """The loop's settings (the ``study`` group), validated before anything is created or evaluated."""
     study = cfg.study
@@ -90,6 +107,7 @@ def study_settings(cfg: DictConfig) -> StudySettings:
         max_failure_streak=study.max_failure_streak,
         measure_time=bool(study.measure_time),
         seed_uniform=bool(study.seed_uniform),
+        constraints=parse_bounds(list(OmegaConf.to_container(study.constraints)) if study.get("constraints") else []),  # type: ignore[arg-type]
     )
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from dse.exceptions import ConfigError
 
-__all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "Objective", "parse_objectives"]
+__all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "MetricBound", "Objective", "parse_bounds", "parse_objectives"]
 
 # Every metric a trial logs, with its unit; any of them can be an objective.
 TRIAL_METRICS: Mapping[str, str] = {
@@ -58,3 +58,55 @@ def parse_objectives(spec: Sequence[Mapping[str, str]]) -> list[Objective]:
     if len(set(names)) != len(names):
         raise ConfigError(f"study.objectives repeats a metric: {names}.")
     return objectives
+
+
+@dataclass(frozen=True)
+class MetricBound:
+    """A feasibility constraint on one trial metric: ``metric <= max`` and/or ``metric >= min``
+    (``study.constraints``: e.g. ``{metric: energy_uj, max: 250}``). A trial outside it stays in the
+    study but is never on the front."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in TRIAL_METRICS:
+            raise ConfigError(
+                f"study.constraints: unknown metric {self.metric!r}; trials report: {', '.join(TRIAL_METRICS)}."
+            )
+        if self.max is None and self.min is None:
+            raise ConfigError(f"study.constraints: {self.metric!r} needs a max or a min, e.g. {{max: 250}}.")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ConfigError(f"study.constraints: {self.metric!r} has min {self.min} above max {self.max}.")
+
+    def violations(self, value: float) -> dict[str, float]:
+        """Optuna's constraint values (feasible when <= 0), by name."""
+        out = {}
+        if self.max is not None:
+            out[f"{self.metric}_max"] = value - self.max
+        if self.min is not None:
+            out[f"{self.metric}_min"] = self.min - value
+        return out
+
+
+def parse_bounds(spec: Sequence[Mapping[str, object]]) -> list[MetricBound]:
+    """``[{metric: energy_uj, max: 250}, ...]`` -> bounds, one per metric."""
+    unknown = [sorted(set(b) - {"metric", "max", "min"}) for b in spec if set(b) - {"metric", "max", "min"}]
+    if unknown or any("metric" not in b for b in spec):
+        raise ConfigError(
+            f"study.constraints entries take metric, max and min (got {list(spec)}), e.g. "
+            "study.constraints='[{metric: energy_uj, max: 250}]'."
+        )
+    bounds = [
+        MetricBound(
+            str(b["metric"]),
+            None if b.get("max") is None else float(b["max"]),  # type: ignore[arg-type]
+            None if b.get("min") is None else float(b["min"]),  # type: ignore[arg-type]
+        )
+        for b in spec
+    ]
+    names = [b.metric for b in bounds]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study.constraints repeats a metric: {names}; give max and min in one entry.")
+    return bounds

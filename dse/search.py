@@ -29,6 +29,7 @@ from dse.config_building import (
     build_tracker,
     build_trained_model,
     candidate_evaluator,
+    check_hardware,
     check_held_out,
     evaluator_on,
     hydra_job_number,
@@ -90,6 +91,7 @@ class _Parts:
 def _parts(cfg: DictConfig) -> _Parts:
     check_held_out(cfg)
     settings = study_settings(cfg)
+    check_hardware(cfg, settings)
     objectives = list(settings.objectives)
     retrain = retrain_settings(cfg) if cfg.retrain.enabled or any(o.name == RETRAINED for o in objectives) else None
     if retrain is not None:
@@ -154,7 +156,7 @@ def _open_parent_run(cfg: DictConfig, tracker: Tracker, study: optuna.Study, par
         "space": OmegaConf.to_yaml(cfg.space),
         "sampler": cfg.sampler._target_,
         "hardware": cfg.hardware.energy.name,
-        "accelerator": cfg.hardware.latency.name,
+        "accelerator": cfg.hardware.latency.name if cfg.hardware.get("latency") else "none",
         "n_trials": parts.settings.n_trials,
         "objectives": ",".join(f"{o.name}:{o.direction}" for o in parts.settings.objectives),
     }

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dse.exceptions import ConfigError
-from dse.objectives import MEASURED_TIME_METRICS, Objective
+from dse.objectives import MEASURED_TIME_METRICS, MetricBound, Objective
 
 __all__ = ["StudySettings"]
 
@@ -23,6 +23,7 @@ class StudySettings:
         max_failure_streak: stop after this many failed trials in a row (a broken setup, not bad luck).
         measure_time: measure inference time (needed if it is an objective).
         seed_uniform: start with the uniform assignments (every parameter at one choice, for each choice).
+        constraints: bounds on other metrics (``study.constraints``); a trial outside them is infeasible.
     """
 
     n_trials: int
@@ -32,6 +33,7 @@ class StudySettings:
     max_failure_streak: int = 5
     measure_time: bool = True
     seed_uniform: bool = False
+    constraints: Sequence[MetricBound] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
@@ -50,4 +52,13 @@ class StudySettings:
         if not self.measure_time and any(o.name in MEASURED_TIME_METRICS for o in self.objectives):
             raise ConfigError(
                 "study.measure_time=false, but an objective is a measured time; enable it or drop that objective."
+            )
+        if not self.measure_time and any(b.metric in MEASURED_TIME_METRICS for b in self.constraints):
+            raise ConfigError(
+                "study.measure_time=false, but a constraint bounds a measured time; enable it or drop that constraint."
+            )
+        if any(b.metric == "accuracy_retrained" for b in self.constraints):
+            raise ConfigError(
+                "study.constraints cannot bound accuracy_retrained (not every trial is retrained); "
+                "use study.max_accuracy_drop, which judges the retrained accuracy when that is an objective."
             )

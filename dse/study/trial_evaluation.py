@@ -138,6 +138,9 @@ class TrialEvaluation:
             drop = self.baseline_accuracy() - judged
             metrics["accuracy_drop"] = drop
             trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
+        for bound in self.settings.constraints:
+            for name, violation in bound.violations(float(metrics[bound.metric])).items():
+                trial.set_constraint(name, violation)
         for name, value in metrics.items():
             trial.set_user_attr(name, value)
         if self.candidates.reference_time_s is not None and TIME_REFERENCE_ATTR not in self.study.user_attrs:
