@@ -24,7 +24,10 @@ from dse.config_building import build_trained_model, candidate_evaluator
 from dse.config_paths import CONFIG_DIR
 from dse.training.cifar10 import CIFAR10DataModule
 
-FORMATS = ["fp32", "bf16", "fp16", "e5m2", "e4m3", "e3m4", "e3m2", "e2m3", "e2m1", "int16", "int8", "int6", "int4"]
+FORMATS = [
+    "fp32", "bf16", "fp16", "fp8_e5m2", "fp8_e4m3", "e5m2", "e4m3", "e3m4", "e3m2", "e2m3", "e3m2_raw", "e2m3_raw",
+    "e2m2", "e3m1", "e2m1", "int16", "int8", "int6", "int5", "int4",
+]  # fmt: skip
 
 
 def main() -> None:
@@ -57,7 +60,7 @@ def main() -> None:
         f"{cfg.hardware.latency.name}"
     )
     print(
-        f"{'format':>7} {'bits':>4} {'top-1':>7} {'drop':>6} {'energy':>9} {'vs fp32':>8} "
+        f"{'format':>9} {'bits':>4} {'top-1':>7} {'drop':>6} {'energy':>9} {'vs fp32':>8} "
         f"{'latency':>10} {'speedup':>8}"
     )
     from dse.numerics.formats import parse_format
@@ -69,7 +72,7 @@ def main() -> None:
         if drop <= 1.0:
             ok.append((bits, fmt))
         print(
-            f"{fmt:>7} {bits:>4} {100 * m['accuracy']:>6.2f}% {drop:>5.2f} {m['energy_uj']:>7.1f}uJ "
+            f"{fmt:>9} {bits:>4} {100 * m['accuracy']:>6.2f}% {drop:>5.2f} {m['energy_uj']:>7.1f}uJ "
             f"{base['energy_uj'] / m['energy_uj']:>7.2f}x {m['modeled_latency_us']:>8.1f}us "
             f"{base['modeled_latency_us'] / m['modeled_latency_us']:>7.2f}x"
         )

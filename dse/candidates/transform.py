@@ -111,7 +111,7 @@ def apply_assignment(
         if config.activation_format is not None:
             fmt = parse_format(config.activation_format)
             lo, hi = (activation_ranges or {}).get(name, (math.nan, math.nan))
-            if fmt.name.startswith(("int", "uint")) and not (math.isfinite(lo) and math.isfinite(hi)):
+            if fmt.needs_range and not (math.isfinite(lo) and math.isfinite(hi)):
                 raise SearchSpaceError(
                     f"Layer {name!r} takes activation format {fmt.name!r}, which scales by the calibrated range, "
                     "but no range was given; pass activation_ranges from dse.emulation.calibrate_ranges."

@@ -8,7 +8,13 @@ exact products of representable values, accumulated in float32.
   Y stored mantissa bits, round to nearest with ties to even, subnormals (or
   flush-to-zero), the all-ones exponent reserved for inf/NaN. Overflow either
   saturates to the largest finite value (default) or goes to +-inf. NaN stays NaN.
-  ``bf16`` = e8m7, ``fp16`` = e5m10, ``fp32`` = identity.
+  Narrow floats are *scaled* like the integers: a power-of-two scale (an exponent
+  bias) per output channel of the weights, per tensor of the activations (from the
+  calibrated range), chosen so the largest magnitude lands at the top of the format's
+  range: ``eXmY`` per channel, ``eXmY_pt`` per tensor, ``eXmY_raw`` the fixed IEEE bias.
+  ``fp8_e4m3`` / ``fp8_e5m2`` are the OCP FP8 formats as used in practice (E4M3FN: no
+  infinities, max 448; E5M2: IEEE-like, max 57344), scaled per tensor.
+  ``bf16`` = e8m7, ``fp16`` = e5m10 (unscaled), ``fp32`` = identity.
 - :class:`FixedPoint` ``int<b>``/``uint<b>``: b-bit integers times a scale, symmetric
   (signed) or affine (unsigned); weights per output channel or per tensor,
   activations per tensor over a calibrated range.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -29,7 +36,11 @@ from .quantization import activation_qparams, quantize, weight_qparams
 
 __all__ = ["FORMAT_EXAMPLES", "FixedPoint", "Float32", "MiniFloat", "NumberFormat", "parse_format"]
 
-FORMAT_EXAMPLES = "fp32, fp16, bf16, e4m3, e5m2, e<E>m<M>, int8, int4, uint8, int<b>"
+FORMAT_EXAMPLES = (
+    "fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, e<E>m<M>[_pt|_raw][_ftz][_inf] (e.g. e3m2, e2m2, e3m1), "
+    "[u]int<b>[_pt] (e.g. int8, int5, uint8)"
+)
+Scaling = Literal["none", "tensor", "channel"]
 
 
 class NumberFormat:
@@ -45,6 +56,11 @@ class NumberFormat:
     def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """Nearest representable activations; [lo, hi] is the calibrated range (used by scaled formats)."""
         raise NotImplementedError
+
+    @property
+    def needs_range(self) -> bool:
+        """Whether activations scale by a calibrated range (so a layer taking it needs one)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -63,11 +79,17 @@ class Float32(NumberFormat):
 class MiniFloat(NumberFormat):
     """IEEE-like float with ``exp_bits`` exponent and ``man_bits`` stored mantissa bits.
 
+    ``finite_only``: the OCP "FN" encoding (E4M3FN): no infinities, the all-ones exponent holds normal
+    values and only its all-ones mantissa is NaN. ``scaling``: a power-of-two scale per output channel or
+    per tensor (see the module docstring), or none.
+
     >>> e4m3 = MiniFloat(4, 3)
     >>> e4m3.max_finite, e4m3.min_normal, e4m3.min_subnormal
     (240.0, 0.015625, 0.001953125)
     >>> e4m3.round(torch.tensor([0.3, 1.0625, 1.1875, 300.0, -1e-4])).tolist()
     [0.3125, 1.0, 1.25, 240.0, -0.0]
+    >>> MiniFloat(4, 3, finite_only=True).max_finite, MiniFloat(5, 2).max_finite
+    (448.0, 57344.0)
     """
 
     exp_bits: int = 4
@@ -75,6 +97,8 @@ class MiniFloat(NumberFormat):
     subnormals: bool = True
     saturate: bool = True
     name: str = ""
+    finite_only: bool = False
+    scaling: Scaling = "none"
 
     def __post_init__(self) -> None:
         if not 2 <= self.exp_bits <= 8 or not 0 <= self.man_bits <= 23:
@@ -82,6 +106,10 @@ class MiniFloat(NumberFormat):
                 f"Minifloat e{self.exp_bits}m{self.man_bits} cannot be emulated in float32: exponent bits must be 2..8 "
                 "and mantissa bits 0..23."
             )
+        if self.finite_only and self.man_bits < 1:
+            raise ConfigError(f"A finite-only (FN) minifloat needs mantissa bits for its NaN, got m{self.man_bits}.")
+        if self.scaling not in ("none", "tensor", "channel"):
+            raise ConfigError(f"Minifloat scaling must be none, tensor or channel, got {self.scaling!r}.")
         if not self.name:
             object.__setattr__(self, "name", f"e{self.exp_bits}m{self.man_bits}")
 
@@ -94,16 +122,16 @@ class MiniFloat(NumberFormat):
         return 2 ** (self.exp_bits - 1) - 1
 
     @property
-    def emax(self) -> int:
-        return 2**self.exp_bits - 2 - self.bias  # all-ones exponent is inf/NaN
+    def emax(self) -> int:  # IEEE: the all-ones exponent is inf/NaN; FN: it holds normals
+        return 2**self.exp_bits - (1 if self.finite_only else 2) - self.bias
 
     @property
     def emin(self) -> int:
         return 1 - self.bias
 
     @property
-    def max_finite(self) -> float:
-        return (2 - 2.0**-self.man_bits) * 2.0**self.emax
+    def max_finite(self) -> float:  # FN: the top exponent's all-ones mantissa is NaN
+        return (2 - 2.0 ** -self.man_bits * (2 if self.finite_only else 1)) * 2.0**self.emax
 
     @property
     def min_normal(self) -> float:
@@ -147,11 +175,31 @@ class MiniFloat(NumberFormat):
         rounded = torch.where(torch.isfinite(a), torch.round(a / quantum) * quantum, a)
         return self._finish(rounded, a).to(x.dtype)
 
+    def _scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+        """The power of two that maps ``amax`` to the top binade of the format, never above ``max_finite``
+        (an exponent bias: exact, and free in hardware beside the per-tensor or per-channel scale itself)."""
+        safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+        return torch.exp2(torch.floor(torch.log2(self.max_finite / safe)))
+
     def round_weight(self, w: torch.Tensor) -> torch.Tensor:
-        return self.round(w)
+        if self.scaling == "none":
+            return self.round(w)
+        if self.scaling == "channel" and w.dim() > 1:
+            amax = w.detach().abs().flatten(1).amax(1).view((-1,) + (1,) * (w.dim() - 1))
+        else:
+            amax = w.detach().abs().amax()
+        scale = self._scale_for(amax.float()).to(w.dtype)
+        return self.round(w * scale) / scale
 
     def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return self.round(x)
+        if self.scaling == "none":
+            return self.round(x)
+        scale = self._scale_for(torch.tensor(max(abs(lo), abs(hi)), dtype=torch.float32)).item()
+        return self.round(x * scale) / scale
+
+    @property
+    def needs_range(self) -> bool:
+        return self.scaling != "none"
 
 
 @dataclass(frozen=True)
@@ -181,28 +229,43 @@ class FixedPoint(NumberFormat):
         scale, zero = p.scale.view(shape).to(w.device), p.zero_point.view(shape).to(w.device)
         return ((quantize(w.detach().float(), scale, zero, self.bits, self.signed) - zero) * scale).to(w.dtype)
 
+    @property
+    def needs_range(self) -> bool:
+        return True
+
     def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         p = activation_qparams(lo, hi, self.bits, self.signed)
         scale, zero = p.scale.to(x.device), p.zero_point.to(x.device)
         return ((quantize(x, scale, zero, self.bits, self.signed) - zero) * scale).to(x.dtype)
 
 
-_MINIFLOAT = re.compile(r"e(\d+)m(\d+)(_ftz)?(_inf)?")
+_MINIFLOAT = re.compile(r"e(\d+)m(\d+)(_pt|_raw)?(_ftz)?(_inf)?")
 _FIXED = re.compile(r"(u?)int(\d+)(_pt)?")
+_SCALING: dict[str | None, Scaling] = {None: "channel", "_pt": "tensor", "_raw": "none"}
 
 
 def parse_format(name: str) -> NumberFormat:
-    """``fp32``, ``fp16``, ``bf16``, ``e<E>m<M>[_ftz][_inf]`` or ``[u]int<b>[_pt]`` (per tensor) -> a format."""
+    """``fp32``, ``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``, ``e<E>m<M>[_pt|_raw][_ftz][_inf]`` or
+    ``[u]int<b>[_pt]`` (per tensor) -> a format."""
     if name == "fp32":
         return Float32()
     if name == "fp16":
         return MiniFloat(5, 10, name="fp16")
     if name == "bf16":
         return MiniFloat(8, 7, name="bf16")
+    if name == "fp8_e4m3":  # OCP E4M3FN, saturating conversion, per-tensor scale
+        return MiniFloat(4, 3, finite_only=True, scaling="tensor", name=name)
+    if name == "fp8_e5m2":  # OCP E5M2 (IEEE-like), saturating conversion, per-tensor scale
+        return MiniFloat(5, 2, scaling="tensor", name=name)
     m = _MINIFLOAT.fullmatch(name)
     if m:
         return MiniFloat(
-            int(m.group(1)), int(m.group(2)), subnormals=not m.group(3), saturate=not m.group(4), name=name
+            int(m.group(1)),
+            int(m.group(2)),
+            subnormals=not m.group(4),
+            saturate=not m.group(5),
+            scaling=_SCALING[m.group(3)],
+            name=name,
         )
     m = _FIXED.fullmatch(name)
     if m:
