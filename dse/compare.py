@@ -52,16 +52,24 @@ def _trials(study: optuna.Study, x: str, y: str) -> pd.DataFrame:
             continue  # never on a front
         if x not in t.user_attrs or y not in t.user_attrs:
             raise ConfigError(f"Study {study.study_name!r}: trial {t.number} has no {x!r} or {y!r} recorded.")
-        rows.append(
-            {
-                "study": study.study_name,
-                "trial": t.number,
-                x: float(t.user_attrs[x]),
-                y: float(t.user_attrs[y]),
-                "baseline": t.user_attrs.get("assignment_key") == BASELINE_KEY,
-            }
-        )
-    return pd.DataFrame(rows, columns=["study", "trial", x, y, "baseline"])
+        row = {
+            "study": study.study_name,
+            "trial": t.number,
+            x: float(t.user_attrs[x]),
+            y: float(t.user_attrs[y]),
+            "baseline": t.user_attrs.get("assignment_key") == BASELINE_KEY,
+        }
+        if y == "accuracy":  # how sure, and on which images: the search set's interval, the held-out result
+            row.update({k: t.user_attrs.get(k, np.nan) for k in _SEARCH_INTERVAL})
+            held_out = study.user_attrs.get(f"final_eval/{t.number}", {})
+            row.update({k: held_out.get(k, np.nan) for k in _HELD_OUT})
+        rows.append(row)
+    extra = [*_SEARCH_INTERVAL, *_HELD_OUT] if y == "accuracy" else []
+    return pd.DataFrame(rows, columns=["study", "trial", x, y, "baseline", *extra])
+
+
+_SEARCH_INTERVAL = ("accuracy_low", "accuracy_high", "n_images")
+_HELD_OUT = ("final_accuracy", "final_accuracy_low", "final_accuracy_high", "final_n_images")
 
 
 def compare_studies(studies: dict[str, optuna.Study], x: str = "energy_uj", y: str = "accuracy") -> Comparison:
@@ -89,10 +97,23 @@ def compare_studies(studies: dict[str, optuna.Study], x: str = "energy_uj", y: s
                 "front_size": len(front),
                 "hypervolume": hv,
                 f"best_{y}": float(table[y].max()) if len(table) else np.nan,
+                **_best_interval(table, y),
                 f"lowest_{x}": float(table[x].min()) if len(table) else np.nan,
             }
         )
     return Comparison(pd.DataFrame(rows), points, reference)
+
+
+def _best_interval(table: pd.DataFrame, y: str) -> dict[str, float]:
+    """The best trial's 95% interval and image count (accuracy only; empty when not recorded)."""
+    if y != "accuracy" or not len(table) or "n_images" not in table:
+        return {}
+    best = table.loc[table[y].idxmax()]
+    return {
+        "best_accuracy_low": best["accuracy_low"],
+        "best_accuracy_high": best["accuracy_high"],
+        "n_images": best["n_images"],
+    }
 
 
 def plot_comparison(comparison: Comparison, x: str, y: str, path: Path) -> Path:

@@ -272,6 +272,15 @@ def end_of_search_message(
         for name, (label, scale) in columns.items():
             if name in front and front[name].astype(float).notna().any():  # (time: only when measured)
                 table[label] = (front[name].astype(float) * scale).map(lambda v: f"{v:.4g}")
+        if {"accuracy_low", "accuracy_high", "n_images"} <= set(front):  # how sure: 95% interval, images behind it
+            table.insert(
+                table.columns.get_loc("top-1 %") + 1,
+                "95% interval (search images)",
+                [
+                    f"[{100 * lo:.1f}, {100 * hi:.1f}] of {int(n)}" if pd.notna(n) else ""
+                    for lo, hi, n in zip(front["accuracy_low"], front["accuracy_high"], front["n_images"], strict=True)
+                ],
+            )
         params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
         table["assignment"] = [_assignment_summary(params[int(n)])[:90] for n in front["trial"]]
         lines += ["", table.to_string(index=False), ""]

@@ -2,17 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from dse.exceptions import DataError
 from dse.candidates.evaluation import Evaluator
 from dse.config_building import check_held_out
-from dse.exceptions import ConfigError
+from dse.exceptions import ConfigError, DataError
 from dse.training.assets import resolve_asset
 from dse.training.cifar10 import (
     CIFAR10DataModule,
+    half_of_test_set,
     normalize,
     random_crop_flip,
     stratified_subset,
-    half_of_test_set,
     within_class_rank,
 )
 from tests.conftest import CIFAR10_NPZ, compose_config, needs_cifar10
@@ -162,6 +161,6 @@ def test_activation_ranges_are_calibrated_on_training_images() -> None:
 )
 def test_a_final_evaluation_that_could_share_images_with_the_search_is_refused(overrides: list[str]) -> None:
     check_held_out(compose_config(["study=quickstart", "final_eval.enabled=true"]))  # the defaults pass
-    with pytest.raises(ConfigError, match="final_eval.data.test_split=held_out"):
+    with pytest.raises(ConfigError, match=r"final_eval\.data\.test_split=held_out"):
         check_held_out(compose_config(["study=quickstart", "final_eval.enabled=true", *overrides]))
     check_held_out(compose_config(["study=quickstart", *overrides, "final_eval.enabled=false"]))

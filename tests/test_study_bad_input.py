@@ -21,19 +21,23 @@ pytestmark = pytest.mark.usefixtures("workdir")
         (["study.constraints=[{metric: energy_joules, max: 5}]"], "unknown metric 'energy_joules'"),
         (["study.constraints=[{metric: energy_uj}]"], "needs a max or a min"),
         (["study.constraints=[{metric: energy_uj, below: 3}]"], "take metric, max and min"),
-        (["study.objectives=[{name: accuracy, direction: maximize},{name: joules, direction: minimize}]"],
-         "Unknown objective 'joules'"),
-        (["~hardware.latency", "study.objectives=[{name: accuracy, direction: maximize},"
-          "{name: modeled_latency_us, direction: minimize}]"], "needs hardware.latency"),
-        (["~hardware.latency", "study.constraints=[{metric: modeled_latency_us, max: 10}]"],
-         "needs hardware.latency"),
-        (["study.measure_time=false", "study.constraints=[{metric: inference_time_s, max: 10}]"],
-         "measured time"),
+        (
+            ["study.objectives=[{name: accuracy, direction: maximize},{name: joules, direction: minimize}]"],
+            "Unknown objective 'joules'",
+        ),
+        (
+            [
+                "~hardware.latency",
+                "study.objectives=[{name: accuracy, direction: maximize},"
+                "{name: modeled_latency_us, direction: minimize}]",
+            ],
+            "needs hardware.latency",
+        ),
+        (["~hardware.latency", "study.constraints=[{metric: modeled_latency_us, max: 10}]"], "needs hardware.latency"),
+        (["study.measure_time=false", "study.constraints=[{metric: inference_time_s, max: 10}]"], "measured time"),
     ],
 )
-def test_bad_study_input_is_refused_before_anything_is_created(
-    workdir: Path, overrides: list[str], says: str
-) -> None:
+def test_bad_study_input_is_refused_before_anything_is_created(workdir: Path, overrides: list[str], says: str) -> None:
     proc = run_module(workdir, "dse.search", "study=quickstart", *FAST, *overrides, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]

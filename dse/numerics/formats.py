@@ -131,7 +131,7 @@ class MiniFloat(NumberFormat):
 
     @property
     def max_finite(self) -> float:  # FN: the top exponent's all-ones mantissa is NaN
-        return (2 - 2.0 ** -self.man_bits * (2 if self.finite_only else 1)) * 2.0**self.emax
+        return (2 - 2.0**-self.man_bits * (2 if self.finite_only else 1)) * 2.0**self.emax
 
     @property
     def min_normal(self) -> float:

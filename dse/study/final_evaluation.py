@@ -75,7 +75,17 @@ def final_evaluation(
             run_id = trial.user_attrs.get("mlflow_run_id")
             if run_id:  # (a trial of a study run without tracking has none)
                 tracker.log_metrics(run_id, result)
-        rows.append({"trial": trial.number, **result})
+        searched = {  # beside it: what the search saw, on its own images
+            "search_accuracy": trial.user_attrs.get("accuracy"),
+            "search_accuracy_low": trial.user_attrs.get("accuracy_low"),
+            "search_accuracy_high": trial.user_attrs.get("accuracy_high"),
+            "search_n_images": trial.user_attrs.get("n_images"),
+        }
+        rows.append({"trial": trial.number, **searched, **result})
     table = pd.DataFrame(rows)
-    _logger.info("Pareto front on %d held-out images (none of them scored a candidate):\n%s", full.n_images, table.to_string(index=False))
+    _logger.info(
+        "Pareto front on %d held-out images (none of them scored a candidate):\n%s",
+        full.n_images,
+        table.to_string(index=False),
+    )
     return table

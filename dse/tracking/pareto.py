@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -185,7 +186,17 @@ def zoomed_range(front: pd.DataFrame, references: pd.DataFrame, y: str) -> tuple
     return low - pad, high + pad
 
 
-def _draw_projection(ax, all_trials, feasible, front, uniform, base, x, y) -> None:  # type: ignore[no-untyped-def]
+def _draw_projection(
+    ax: Any,
+    all_trials: pd.DataFrame,
+    feasible: pd.DataFrame,
+    front: pd.DataFrame,
+    uniform: pd.DataFrame,
+    base: pd.DataFrame,
+    x: str,
+    y: str,
+) -> None:
+    """One panel: trials, this projection's staircase, the front, the uniform settings and the baseline."""
     sx, sy = axis_scale(x), axis_scale(y)
     ax.scatter(all_trials[x] * sx, all_trials[y] * sy, s=14, c="0.75", label="trials")
     stairs = staircase(feasible, x, y)

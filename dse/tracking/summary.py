@@ -28,7 +28,7 @@ def energy_budget_table(all_trials: pd.DataFrame, baseline_energy: float) -> pd.
         rows.append(
             {
                 "energy budget": f"{fraction:.0%} ({budget:.4g} uJ)",
-                "best top-1": f"{100 * best['accuracy']:.2f}%" if best is not None else "none fits",
+                "best top-1 (search set)": _with_interval(best) if best is not None else "none fits",
                 "trial": int(best["trial"]) if best is not None else "",
                 "its energy (uJ)": f"{best['energy_uj']:.4g}" if best is not None else "",
             }
@@ -54,9 +54,7 @@ def study_summary(
     base = baseline_rows(all_trials)
     if not base.empty and "energy_uj" in all_trials and "accuracy" in all_trials:
         b = base.iloc[0]
-        lines.append(
-            f"- exact baseline (trial {int(b['trial'])}): top-1 {100 * b['accuracy']:.2f}%, {b['energy_uj']:.4g} uJ"
-        )
+        lines.append(f"- exact baseline (trial {int(b['trial'])}): top-1 {_with_interval(b)}, {b['energy_uj']:.4g} uJ")
         if np.isfinite(b["energy_uj"]):
             lines += [
                 "",
@@ -65,6 +63,14 @@ def study_summary(
                 _markdown(energy_budget_table(all_trials, b["energy_uj"])),
             ]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(row: pd.Series) -> str:
+    """``87.38% [86.6, 88.1] of 2000 images``: an accuracy with its 95% interval and image count, when known."""
+    text = f"{100 * row['accuracy']:.2f}%"
+    if all(k in row and pd.notna(row[k]) for k in ("accuracy_low", "accuracy_high", "n_images")):
+        text += f" [{100 * row['accuracy_low']:.1f}, {100 * row['accuracy_high']:.1f}] of {int(row['n_images'])} images"
+    return text
 
 
 def _markdown(table: pd.DataFrame) -> str:
