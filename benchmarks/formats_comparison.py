@@ -56,7 +56,7 @@ def main() -> None:
         results.append((fmt, m))
     base = results[0][1]
     print(
-        f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images; hardware {cfg.hardware.energy.name} / "
+        f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images ({data.test_split} half); hardware {cfg.hardware.energy.name} / "
         f"{cfg.hardware.latency.name}"
     )
     print(
