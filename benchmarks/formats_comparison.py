@@ -56,8 +56,8 @@ def main() -> None:
         results.append((fmt, m))
     base = results[0][1]
     print(
-        f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images ({data.test_split} half); hardware {cfg.hardware.energy.name} / "
-        f"{cfg.hardware.latency.name}"
+        f"MobileNetV2-for-CIFAR on {evaluator.n_images} test images ({data.test_split} half); "
+        f"hardware {cfg.hardware.energy.name} / {cfg.hardware.latency.name}"
     )
     print(
         f"{'format':>9} {'bits':>4} {'top-1':>7} {'drop':>6} {'energy':>9} {'vs fp32':>8} "
