@@ -39,9 +39,9 @@ __all__ = [
     "CIFAR10Arrays",
     "CIFAR10DataModule",
     "TestSplit",
+    "half_of_test_set",
     "load_cifar10",
     "stratified_subset",
-    "half_of_test_set",
     "within_class_rank",
 ]
 
