@@ -29,6 +29,7 @@ from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
 from dse.study.create import load_studies
+from dse.study.final_evaluation import held_out_result
 from dse.study.storage import describe_storage
 from dse.tracking.pareto import axis_label, axis_scale, hypervolume, is_feasible, normalized_points, staircase
 
@@ -61,7 +62,7 @@ def _trials(study: optuna.Study, x: str, y: str) -> pd.DataFrame:
         }
         if y == "accuracy":  # how sure, and on which images: the search set's interval, the held-out result
             row.update({k: t.user_attrs.get(k, np.nan) for k in _SEARCH_INTERVAL})
-            held_out = study.user_attrs.get(f"final_eval/{t.number}", {})
+            held_out = held_out_result(study, t.number)
             row.update({k: held_out.get(k, np.nan) for k in _HELD_OUT})
         rows.append(row)
     extra = [*_SEARCH_INTERVAL, *_HELD_OUT] if y == "accuracy" else []

@@ -49,6 +49,7 @@ from dse.study.search_retraining import RETRAINED, SearchRetraining, check_retra
 from dse.study.settings import StudySettings
 from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.pareto import front_table, plot_retrained_front_png, trials_table
+from dse.tracking.summary import interval_text
 from dse.tracking.tracker import Tracker
 from dse.worker.process import sole_sqlite_worker, worker_index
 from dse.worker.signals import Interrupted, stop_on_signals
@@ -277,7 +278,7 @@ def end_of_search_message(
                 table.columns.get_loc("top-1 %") + 1,
                 "95% interval (search images)",
                 [
-                    f"[{100 * lo:.1f}, {100 * hi:.1f}] of {int(n)}" if pd.notna(n) else ""
+                    interval_text(lo, hi, n)
                     for lo, hi, n in zip(front["accuracy_low"], front["accuracy_high"], front["n_images"], strict=True)
                 ],
             )

@@ -63,6 +63,23 @@ def test_approximate_multiplier_scales_by_power_ratio(energy: EnergyModel) -> No
     assert e.multiplier_delay_ns == 0.94  # EvoApprox PDK45 delay of mul8s_1L2N
 
 
+@pytest.mark.parametrize("preset", ["horowitz_45nm", "horowitz_45nm_onchip"])
+def test_mitch_w6_mac_is_priced_from_the_published_figure(preset: str) -> None:
+    """Kim et al. (TETC 2022): a Mitch-w6 MAC saves up to 80% of a bfloat16 MAC's energy. dse's 8-bit
+    Mitch-w6 MAC (multiply + int32 accumulate) is 20% of the preset's bfloat16 MAC (bf16 multiply + fp32 add);
+    a Mitch-w without a published figure is priced as exact, and says so."""
+    energy: EnergyModel = instantiate(compose_config([f"hardware={preset}"]).hardware.energy)
+    model = two_layers()
+    shapes = layer_shapes(model, (3, 8, 8))
+    bf16_mac = (C0 + C1 * 8 * 8) + 0.9
+    mitch = energy.estimate(model, shapes, {"0": LayerConfig(multiplier="mitchell_w6_s8")})["0"]
+    assert mitch.multiply_pj + mitch.add_pj == pytest.approx(6912 * 0.2 * bf16_mac)
+    assert mitch.add_pj == pytest.approx(6912 * 0.1)  # the accumulate stays an exact int32 addition
+    with pytest.warns(UserWarning, match="'mitchell_w4_s8' has no power figure"):
+        unpriced = energy.estimate(model, shapes, {"0": LayerConfig(multiplier="mitchell_w4_s8")})["0"]
+    assert unpriced.multiply_pj == pytest.approx(6912 * 0.2)
+
+
 def test_decimal_places_width(energy: EnergyModel) -> None:
     model = two_layers()
     shapes = layer_shapes(model, (3, 8, 8))

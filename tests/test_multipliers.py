@@ -65,6 +65,11 @@ def test_mitchell_properties() -> None:
     ).all()
     s = MitchellMultiplier(w=6)
     assert s.multiply(np.array(-100), np.array(27)) == -s.multiply(np.array(100), np.array(27)) == -2560
+    # priced from a published figure where one exists (8-bit Mitch-w6), never from a capped cell count
+    assert s.mac_vs_bfloat16 == 0.2 and "10.1109/TETC.2021.3050989" in s.power_source and s.power_ratio is None
+    for unpublished in (m, MitchellMultiplier(w=6, bits=10)):
+        assert unpublished.mac_vs_bfloat16 is None and unpublished.power_ratio is None
+        assert "no published figure" in unpublished.power_source
 
 
 def test_mitchell_wider_operands() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dse.tracking.pareto import hypervolume, zoomed_range
+from dse.tracking.pareto import hypervolume, zoomed_cost_range, zoomed_range
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,16 @@ def test_the_zoomed_panel_spans_the_front_not_the_trials() -> None:
     assert 0.87 < low < 0.876 and 0.8822 < high < 0.885  # the front's 0.4 points fill most of the panel
     assert (0.880 - 0.876) / (high - low) > 0.4  # on a 10-90% axis: 0.05
     assert zoomed_range(front.iloc[:0], references, "accuracy") is None
+
+
+def test_the_zoomed_panel_spans_the_fronts_costs_not_the_exact_models() -> None:
+    """The multiplier study's case: the front at 9.9-10.5 uJ, a competing uniform setting at 10.46 uJ, the exact
+    model at 125 uJ. The cost axis spans the front and that uniform point; the failed uniform one and the exact
+    model stay off it (the plot names the exact model)."""
+    front = pd.DataFrame({"accuracy": [0.864, 0.866, 0.868], "energy_uj": [9.9, 10.2, 10.5]})
+    uniform = pd.DataFrame({"accuracy": [0.867, 0.10], "energy_uj": [10.46, 7.0]})
+    exact = pd.DataFrame({"accuracy": [0.87], "energy_uj": [125.0]})
+    y_range = zoomed_range(front, pd.concat([uniform, exact]), "accuracy")
+    low, high = zoomed_cost_range(front, uniform, "energy_uj", "accuracy", y_range)
+    assert 9.7 < low < 9.9 and 10.5 < high < 10.7
+    assert zoomed_cost_range(front.iloc[:0], uniform.iloc[:0], "energy_uj", "accuracy", y_range) is None

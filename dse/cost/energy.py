@@ -13,7 +13,9 @@ to d decimal places: ``decimal_bits``, or a multiplier's operand) feeds s = b bi
   grows with the product of the widths: [H14]'s 32-bit 3.1 pJ / 8-bit 0.2 pJ = 15.5 ~ 16),
   times the multiplier's power ratio for an approximate circuit (EvoApprox PDK45
   synthesis, or the first-order estimate the family states); E_add = 0.1 pJ
-  (32-bit integer accumulator [H14]).
+  (32-bit integer accumulator [H14]). A circuit published only as a fraction r of a
+  bfloat16 MAC (Mitch-w6) gets E_mul = r * (E_mul(bf16) + E_add(fp32)) - E_add(int32),
+  so its MAC is r times this model's bfloat16 MAC.
 - Any float operand: E_mul = c0 + c1 * s_w * s_a, the line through [H14]'s fp16
   (1.1 pJ, 11 x 11) and fp32 (3.7 pJ, 24 x 24) multipliers: c1 = 2.6 / 455 pJ,
   c0 = 0.41 pJ (exponent logic and normalisation that do not shrink with the
@@ -159,6 +161,8 @@ class EnergyModel:
         assert self.int8_mul_pj is not None and self.fp16_mul_pj is not None and self.fp32_mul_pj is not None
         if w.kind == "int" and a.kind == "int":
             energy = self.int8_mul_pj * w.significand * a.significand / 64
+            if multiplier is not None and multiplier.mac_vs_bfloat16 is not None:
+                return multiplier.mac_vs_bfloat16 * self.bfloat16_mac_pj() - self.add_pj(w, a)
             if multiplier is not None:
                 ratio = multiplier.power_ratio
                 if ratio is None:
@@ -172,6 +176,12 @@ class EnergyModel:
         c1 = (self.fp32_mul_pj - self.fp16_mul_pj) / (24 * 24 - 11 * 11)
         c0 = self.fp16_mul_pj - c1 * 11 * 11
         return c0 + c1 * min(w.significand, 24) * min(a.significand, 24)
+
+    def bfloat16_mac_pj(self) -> float:
+        """A bfloat16 multiply (8-bit significands) and its float32 accumulate: the reference of MAC-priced circuits."""
+        assert self.fp32_add_pj is not None
+        bf16 = Operand("float", 16, 8)
+        return self.multiply_pj(bf16, bf16) + self.fp32_add_pj
 
     def add_pj(self, w: Operand, a: Operand) -> float:
         assert self.int32_add_pj is not None and self.fp32_add_pj is not None

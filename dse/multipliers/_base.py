@@ -91,6 +91,10 @@ class Multiplier(abc.ABC):
         signed: two's-complement operands (else unsigned).
         power_ratio: power relative to the exact multiplier of the same width and
             signedness, or None if unknown; ``power_source`` says where it comes from.
+        mac_vs_bfloat16: where a paper prices the circuit's whole MAC (multiply and its
+            fixed-point accumulate) against a bfloat16 MAC (bfloat16 multiply, float32
+            accumulate), that fraction; the energy model converts it with its own
+            bfloat16 MAC, so the figure is used as published, not re-derived.
         delay_ns, area_um2: synthesis results where known (EvoApprox: PDK45).
     """
 
@@ -99,6 +103,7 @@ class Multiplier(abc.ABC):
     signed: bool = True
     power_ratio: float | None = None
     power_source: str = "unknown"
+    mac_vs_bfloat16: float | None = None
     delay_ns: float | None = None
     area_um2: float | None = None
 

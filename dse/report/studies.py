@@ -18,6 +18,7 @@ import pandas as pd
 from dse.exceptions import DSEError
 from dse.objectives import Objective
 from dse.report.context import ReportContext
+from dse.study.final_evaluation import held_out_results
 from dse.study.storage import create_storage
 from dse.tracking.pareto import trials_table
 
@@ -65,9 +66,7 @@ def study_trials(study: optuna.Study) -> pd.DataFrame:
     table = trials_table(study, objectives)
     front = {t.number for t in study.best_trials}
     table["on_front"] = table["trial"].isin(front)
-    finals = pd.DataFrame(
-        [{"trial": int(k.split("/")[1]), **v} for k, v in study.user_attrs.items() if k.startswith("final_eval/")]
-    )
+    finals = pd.DataFrame([{"trial": number, **v} for number, v in held_out_results(study).items()])
     if not finals.empty:
         table = table.merge(finals, on="trial", how="left")
     keep = [c for c in table.columns if not c.startswith(("dse_", "worker", "torch_")) and c != "layers"]

@@ -18,9 +18,22 @@ from dse.exceptions import DataError
 from dse.search_spaces import BoundSpace
 from dse.tracking.tracker import Tracker
 
-__all__ = ["final_evaluation"]
+__all__ = ["final_evaluation", "held_out_result", "held_out_results"]
 
 _logger = logging.getLogger(__name__)
+
+_ATTR = "final_eval/"  # study user attribute per front point: "final_eval/<trial number>"
+
+
+def held_out_result(study: optuna.Study, number: int) -> dict[str, float]:
+    """The held-out result of trial ``number`` stored by :func:`final_evaluation`, or {} if it has none."""
+    return dict(study.user_attrs.get(f"{_ATTR}{number}", {}))
+
+
+def held_out_results(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """Every stored held-out result of ``study``, by trial number."""
+    return {int(k[len(_ATTR) :]): v for k, v in study.user_attrs.items() if k.startswith(_ATTR)}
+
 
 HOW_TO_GET_THE_TEST_SET = (
     "the default downloads CIFAR-10 with torchvision into ~/.cache/dse/cifar10 (set DSE_CIFAR10_ROOT for "
@@ -55,7 +68,7 @@ def final_evaluation(
     exact: torch.Tensor | None = None  # the exact model's per-image correctness: the paired baseline
     rows = []
     for trial in tqdm(study.best_trials, desc="front on the held-out images", unit="point"):
-        attr = f"final_eval/{trial.number}"
+        attr = f"{_ATTR}{trial.number}"
         result = study.user_attrs.get(attr)
         if result is None:
             if exact is None:

@@ -32,6 +32,7 @@ __all__ = [
     "reference_kind",
     "staircase",
     "trials_table",
+    "zoomed_cost_range",
     "zoomed_range",
 ]
 
@@ -186,6 +187,24 @@ def zoomed_range(front: pd.DataFrame, references: pd.DataFrame, y: str) -> tuple
     return low - pad, high + pad
 
 
+def zoomed_cost_range(
+    front: pd.DataFrame, uniform: pd.DataFrame, x: str, y: str, y_range: tuple[float, float]
+) -> tuple[float, float] | None:
+    """The x (cost) range of the zoomed panel: the front and the uniform settings that reach its accuracy
+    range, padded. The exact baseline is left out: it usually costs many times the front (125 uJ against
+    10), and on its scale the front would sit on one vertical line; the panel names it instead."""
+    rows = pd.concat([front, uniform])
+    if rows.empty or x not in rows:
+        return None
+    ys, xs = rows[y].astype(float), rows[x].astype(float)
+    xs = xs[(ys >= y_range[0]) & (ys <= y_range[1]) & np.isfinite(xs)]
+    if xs.empty:
+        return None
+    low, high = float(xs.min()), float(xs.max())
+    pad = 0.1 * (high - low) if high > low else max(0.02 * abs(high), 1e-12)  # a lone point: 2% either side
+    return low - pad, high + pad
+
+
 def _draw_projection(
     ax: Any,
     all_trials: pd.DataFrame,
@@ -225,8 +244,8 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
     """One column per projection: every trial (grey), that projection's own non-dominated staircase
     (line), the members of the full multi-objective front (red, not joined: in a projection they
     need not be a front), the uniform settings (diamonds) and the all-exact baseline (star). The top
-    row shows every trial; the bottom row zooms on the front's accuracies, which on the full axis sit
-    on one line."""
+    row shows every trial; the bottom row zooms on the front (its accuracies and costs, with the uniform
+    settings that reach them), which on the full axes sits on one line; an exact baseline outside is named."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,9 +263,21 @@ def plot_front_png(all_trials: pd.DataFrame, front: pd.DataFrame, objectives: Se
         axes[0][column].set_title("every trial", fontsize=9)
         zoom = zoomed_range(front, pd.concat([base, uniform]), y)
         if zoom is not None:
-            sy = axis_scale(y)
-            axes[1][column].set_ylim(zoom[0] * sy, zoom[1] * sy)
-            axes[1][column].set_title("zoomed on the front", fontsize=9)
+            ax, sx, sy = axes[1][column], axis_scale(x), axis_scale(y)
+            ax.set_ylim(zoom[0] * sy, zoom[1] * sy)
+            ax.set_title("zoomed on the front", fontsize=9)
+            costs = zoomed_cost_range(front, uniform, x, y, zoom)
+            if costs is not None:
+                ax.set_xlim(costs[0] * sx, costs[1] * sx)
+                outside = base[(base[x] < costs[0]) | (base[x] > costs[1])] if x in base else base.iloc[:0]
+                for _, b in outside.iterrows():  # off the panel: named, with its numbers
+                    ax.text(
+                        0.02,
+                        0.03,
+                        f"exact baseline off this panel: x = {b[x] * sx:.4g}, y = {b[y] * sy:.4g}",
+                        transform=ax.transAxes,
+                        fontsize=8,
+                    )
         else:
             axes[1][column].set_visible(False)
     fig.suptitle(f"{len(all_trials)} trials, {len(front)} on the front of {', '.join(o.name for o in objectives)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ import pandas as pd
 from dse.objectives import Objective
 from dse.tracking.pareto import baseline_rows
 
-__all__ = ["energy_budget_table", "study_summary"]
+__all__ = ["energy_budget_table", "interval_text", "study_summary"]
 
 BUDGET_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # of the exact baseline's energy
 
@@ -67,10 +68,15 @@ def study_summary(
 
 def _with_interval(row: pd.Series) -> str:
     """``87.38% [86.6, 88.1] of 2000 images``: an accuracy with its 95% interval and image count, when known."""
-    text = f"{100 * row['accuracy']:.2f}%"
-    if all(k in row and pd.notna(row[k]) for k in ("accuracy_low", "accuracy_high", "n_images")):
-        text += f" [{100 * row['accuracy_low']:.1f}, {100 * row['accuracy_high']:.1f}] of {int(row['n_images'])} images"
-    return text
+    interval = interval_text(*(row.get(k, float("nan")) for k in ("accuracy_low", "accuracy_high", "n_images")))
+    return f"{100 * row['accuracy']:.2f}%" + (f" {interval} images" if interval else "")
+
+
+def interval_text(low: float, high: float, n_images: float) -> str:
+    """``[86.6, 88.1] of 2000``: an accuracy's 95% interval in percent and the images behind it ("" when unknown)."""
+    if any(v is None or math.isnan(v) for v in (low, high, n_images)):
+        return ""
+    return f"[{100 * low:.1f}, {100 * high:.1f}] of {int(n_images)}"
 
 
 def _markdown(table: pd.DataFrame) -> str:
