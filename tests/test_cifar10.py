@@ -7,6 +7,7 @@ from dse.config_building import check_held_out
 from dse.exceptions import ConfigError, DataError
 from dse.training.assets import resolve_asset
 from dse.training.cifar10 import (
+    CALIBRATION_POOL,
     CIFAR10DataModule,
     half_of_test_set,
     normalize,
@@ -153,6 +154,22 @@ def test_activation_ranges_are_calibrated_on_training_images() -> None:
     # every calibration image is a training image, none a test image
     assert all(bool((training == x).flatten(1).all(1).any()) for x in picked)
     assert not any(bool((tests == x).flatten(1).all(1).any()) for x in picked)
+
+
+@needs_cifar10
+def test_the_full_file_keeps_a_bounded_seeded_pool_of_training_images_for_calibration() -> None:
+    dm = CIFAR10DataModule(path=CIFAR10_NPZ, test_subset=100)
+    dm.setup("test")
+    again = CIFAR10DataModule(path=CIFAR10_NPZ, test_subset=100)
+    again.setup("test")
+    picked = dm.calibration_images(300, seed=3)
+    assert picked is not None and picked.shape == (300, 3, 32, 32) and picked.dtype == torch.uint8
+    assert torch.equal(picked, again.calibration_images(300, seed=3))  # the same pick on every setup
+    assert dm._calibration_pool is not None and len(dm._calibration_pool) == CALIBRATION_POOL
+    with np.load(CIFAR10_NPZ) as full:
+        train = torch.from_numpy(full["x_train"]).permute(0, 3, 1, 2).flatten(1)
+    rows = {bytes(r.numpy()) for r in train}
+    assert all(bytes(x.flatten().numpy()) in rows for x in picked)  # training images, whole
 
 
 @pytest.mark.parametrize(

@@ -148,3 +148,32 @@ def test_a_killed_screened_study_resumes_without_evaluating_anything_twice(workd
         if t.state == TrialState.COMPLETE or "screening_reason" in t.user_attrs
     ]
     assert len(evaluated) == len(set(evaluated))
+
+
+def test_screening_skips_every_image_of_an_assignment_outside_a_cost_bound(workdir: Path) -> None:
+    """A cost bound (``study.constraints``) is known before any image: with screening on, an assignment
+    outside it is pruned with no image evaluated, one inside it is evaluated in full, and the front is the
+    front of the feasible trials."""
+    from dse.config_building import build_trained_model, candidate_evaluator
+
+    cfg = compose_config(SEARCH)
+    model = build_trained_model(cfg.model)
+    candidates = candidate_evaluator(cfg, model)
+    bound = 0.6 * candidates.costs(candidates.cost_table(model, {}))["energy_uj"]  # splits this grid 18 / 9
+    study = run_search(
+        compose_config(
+            [
+                *SEARCH,
+                "study.n_trials=27",
+                "screening.enabled=true",
+                "screening.first_images=200",
+                f"study.constraints=[{{metric: energy_uj, max: {bound}}}]",
+            ]
+        )
+    ).study
+    by_cost = [t for t in study.trials if "above its bound" in str(t.user_attrs.get("screening_reason", ""))]
+    assert by_cost and all(t.state == TrialState.PRUNED for t in by_cost)
+    assert all(t.user_attrs["screening_images"] == 0 and t.user_attrs["energy_uj"] > bound for t in by_cost)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert all(t.user_attrs["energy_uj"] <= bound for t in complete if t.number != 0)  # trial 0: the exact model
+    assert study.best_trials and all(t.user_attrs["energy_uj"] <= bound for t in study.best_trials)

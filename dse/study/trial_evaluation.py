@@ -173,9 +173,16 @@ class TrialEvaluation:
         if self.settings.max_accuracy_drop is not None and self.screening.min_accuracy is None:
             limit = self.baseline_accuracy() - self.settings.max_accuracy_drop  # an infeasible trial: never on it
             self.screening = dataclasses.replace(self.screening, min_accuracy=limit)
+        costs = self.candidates.costs(self.candidates.cost_table(self.candidates.model, assignment))
+        outside = self._outside_cost_bounds(costs)
+        if outside:  # infeasible whatever its accuracy: never on the front, so no image is spent on it
+            for name, value in {**costs, SCREENED_ATTR: outside, "screening_images": 0}.items():
+                trial.set_user_attr(name, value)
+            self.tracker.set_tag(run_id, "dse_pruned", "screening")
+            self.tracker.end_trial(run_id, {k: v for k, v in costs.items() if math.isfinite(v)})
+            raise optuna.TrialPruned(f"screened out before any image: {outside}")
         front = [list(t.values) for t in self.study.best_trials]
         partial = self.candidates.first_images(assignment, self.screening.first_images)
-        costs = self.candidates.costs(self.candidates.cost_table(self.candidates.model, assignment))
         n = self.candidates.evaluator.n_images
         decision = self.screening.decide(int(partial.top1.sum()), len(partial.top1), n, costs, front)
         trial.set_user_attr("screening_partial_accuracy", decision.partial_accuracy)
@@ -189,3 +196,16 @@ class TrialEvaluation:
             run_id, {"partial_accuracy": decision.partial_accuracy, "accuracy_upper_bound": decision.upper_bound}
         )
         raise optuna.TrialPruned(f"screened out after {decision.images_seen} images: {decision.reason}")
+
+    def _outside_cost_bounds(self, costs: dict[str, float]) -> str:
+        """Which ``study.constraints`` on costs (known before any image) the assignment breaks; "" if none."""
+        broken = []
+        for bound in self.settings.constraints:
+            value = costs.get(bound.metric)
+            if value is None:
+                continue  # an accuracy bound: known only after evaluation
+            if bound.max is not None and value > bound.max:
+                broken.append(f"{bound.metric} = {value:.4g} above its bound {bound.max:g} (study.constraints)")
+            if bound.min is not None and value < bound.min:
+                broken.append(f"{bound.metric} = {value:.4g} below its bound {bound.min:g} (study.constraints)")
+        return "; ".join(broken)
