@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from optuna.trial import FrozenTrial, TrialState
 
@@ -163,11 +163,21 @@ def format_status(status: StudyStatus, now: datetime | None = None) -> str:
     return "\n".join(lines)
 
 
-_USAGE = """python -m dse.status study=<name> [storage=sqlite|journal|postgres] [key=value ...] [--json]
+_USAGE = """python -m dse.status: how far a study is, read from its storage while it runs.
 
 Trials by state, COMPLETE against the budget, front size and hypervolume, retried trials,
 the workers seen and when each last reported, and the time to finish at the recent rate.
-Takes the same overrides as python -m dse.search (study=, storage=, storage.url=...)."""
+Takes the same overrides as python -m dse.search.
+
+Main overrides:
+  study=<name>                        the study's config (its name and budget)
+  storage=sqlite|journal|postgres     where it lives (storage.url=... for another file or server)
+  --json                              the same, as JSON (for scripts)
+
+Examples:
+  python -m dse.status study=mobilenet_cifar10
+  python -m dse.status study=mobilenet_cifar10 storage=postgres --json
+  python -m dse.status study=quickstart storage.url=sqlite:///runs/optuna.db"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = study_status(study, where, int(cfg.study.n_trials))
     except DSEError as exc:
         _logger.error("%s", exc)
+        return 2
+    except InstantiationException as exc:  # the storage refused inside Hydra's instantiate: its own message
+        if not isinstance(exc.__cause__, DSEError):
+            raise
+        _logger.error("%s", exc.__cause__)
         return 2
     print(json.dumps(asdict(status), indent=2) if as_json else format_status(status))
     return 0

@@ -1,4 +1,4 @@
-"""Every command explains itself: --help says what it does, the main overrides, and examples."""
+"""Every command (every ``python -m`` entry point) explains itself: --help says what it does, the main overrides, and examples."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from tests.conftest import run_module
         ("dse.training.train", "train a baseline classifier"),
         ("dse.retrain", "win back the accuracy an approximation costs"),
         ("dse.report", "every measured claim of dse and of its papers"),
+        ("dse.compare", "the Pareto fronts of several studies in one plot and one table"),
+        ("dse.status", "how far a study is, read from its storage while it runs"),
     ],
 )
 def test_help_is_short_and_useful(module: str, says: str) -> None:

@@ -256,6 +256,14 @@ def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) 
     # a changed search space against the existing study is refused, and the study is intact
     proc = run_cli(workdir, "study=quickstart", "space=decimal_places_uniform", *FAST)
     assert proc.returncode != 0 and "start a new study: study.name=quickstart-2" in proc.stderr + proc.stdout
+    # so is a flipped direction (Optuna would keep the stored one and optimise the wrong way, silently)
+    flipped = "study.objectives=[{name: accuracy, direction: maximize}, {name: energy_uj, direction: maximize}, " + (
+        "{name: inference_time_s, direction: minimize}]"
+    )
+    proc = run_cli(workdir, "study=quickstart", flipped, *FAST)
+    said = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "energy_uj minimize" in said and "energy_uj maximize" in said, said[-2000:]
+    assert "study.name=quickstart-2" in said and "Traceback" not in said
     assert len(complete(load(workdir))) == 2
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("dse").experiment_id])

@@ -64,3 +64,17 @@ def test_status_command_json_and_a_missing_study(
     with caplog.at_level(logging.ERROR):
         code, _ = dse_status([f"storage.url=sqlite:///{tmp_path}/optuna.db", "study.name=nope"])
     assert code == 2 and "No study 'nope'" in caplog.text and "Studies there: s." in caplog.text
+
+
+def test_a_corrupt_store_gets_the_searchs_own_message_not_a_hydra_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same clear line as ``dse.search`` gives ("file is not a database"), exit 2; the file is left as it was."""
+    bad = tmp_path / "optuna.db"
+    bad.write_bytes(b"not a database, " * 64)
+    with caplog.at_level(logging.ERROR):
+        code, printed = dse_status([f"storage.url=sqlite:///{bad}"])
+    assert code == 2 and printed == ""
+    assert f"Cannot open the study storage sqlite:///{bad}: file is not a database" in caplog.text
+    assert "InstantiationException" not in caplog.text and "Traceback" not in caplog.text
+    assert bad.read_bytes() == b"not a database, " * 64

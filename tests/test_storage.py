@@ -115,6 +115,11 @@ def test_unwritable_journal_and_unreachable_database_fail_fast_and_clearly(tmp_p
         create_storage(f"postgresql+psycopg2://dse:hunter2@127.0.0.1:{port}/dse")
     assert time.monotonic() - start < 10
     assert "hunter2" not in str(err.value) and "dse:***@127.0.0.1" in str(err.value)
+    # a one-letter password: only the URL's password field is hidden, the driver's words stay whole
+    with pytest.raises(ConfigError, match="Cannot open the study storage") as err:
+        create_storage(f"postgresql+psycopg2://dse:e@127.0.0.1:{port}/dse")
+    assert "dse:***@127.0.0.1" in str(err.value) and "Connection refused" in str(err.value)
+    assert "***" not in str(err.value).replace("dse:***@", "")
 
 
 def test_bad_urls_and_passwords_in_messages() -> None:

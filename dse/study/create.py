@@ -48,6 +48,14 @@ def open_study(
             f"{study.user_attrs.get('space_params')}; this run asks for {names} and {sorted(space.params)}. "
             f"Resume it with its original config, or start a new study: study.name={_free_name(name, storage)}"
         )
+    elif [d.name.lower() for d in study.directions] != [o.direction for o in objectives]:
+        stored_directions = [f"{n} {d.name.lower()}" for n, d in zip(names, study.directions, strict=True)]
+        asked = [f"{o.name} {o.direction}" for o in objectives]
+        raise ConfigError(
+            f"Study {name!r} in {where} was created to {', '.join(stored_directions)}; this run asks to "
+            f"{', '.join(asked)}. Optuna keeps a study's directions: resume it with its original directions, "
+            f"or start a new study: study.name={_free_name(name, storage)}"
+        )
     elif study.user_attrs.get("space_choices", choices) != choices:
         changed = sorted(n for n in choices if study.user_attrs["space_choices"].get(n) != choices[n])
         raise ConfigError(
