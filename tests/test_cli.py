@@ -1,4 +1,4 @@
-"""Every command (every ``python -m`` entry point) explains itself: --help says what it does, the main overrides, and examples."""
+"""Every ``python -m`` entry point explains itself: --help says what it does, the main overrides, and examples."""
 
 from __future__ import annotations
 

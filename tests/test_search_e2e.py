@@ -297,3 +297,11 @@ def test_multiplier_study_end_to_end(workdir: Path) -> None:
     )
     assert len(children) == 4
     assert any(r.data.params.get("layer.classifier.multiplier") not in (None, "None") for r in children)
+
+
+def test_a_new_study_prints_no_optuna_experimental_warning(workdir: Path) -> None:
+    """set_metric_names is experimental in Optuna: the warning it raises on every new study says nothing to a user."""
+    proc = run_cli(workdir, "study=quickstart", "study.n_trials=1", "tracking=none", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ExperimentalWarning" not in proc.stdout + proc.stderr
+    assert load(workdir).metric_names == ["accuracy", "energy_uj", "inference_time_s"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 
 from dse.exceptions import ConfigError
@@ -38,7 +41,9 @@ def open_study(
     choices = {param: [str(c) for c in values] for param, values in space.grid().items()}
     stored = study.user_attrs.get("objectives")
     if stored is None:
-        study.set_metric_names(names)  # optuna-dashboard and Optuna's plots label the objectives by name
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use: no warning on every run
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(names)  # optuna-dashboard and Optuna's plots label the objectives by name
         study.set_user_attr("objectives", names)
         study.set_user_attr("space_params", sorted(space.params))
         study.set_user_attr("space_choices", choices)
