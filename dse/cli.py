@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from dse.exceptions import DSEError
 from dse.worker.signals import Interrupted
 
-__all__ = ["run_command"]
+__all__ = ["full_tracebacks_hint", "run_command"]
 
 _logger = logging.getLogger("dse")
 
@@ -29,6 +29,41 @@ def _quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter: a record's traceback shrinks to its last line (the log file keeps it whole)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            text = self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        if saved[0] is not None and saved[0][0] is not None:
+            text += f" [{saved[0][0].__name__}; traceback in the log file]"
+        return text
+
+
+def _tracebacks_to_the_log_file_only() -> None:
+    """Optuna logs a failed trial with its traceback: through the root logger (so Hydra's log file
+    keeps it whole), shown on the terminal as one line."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+def full_tracebacks_hint() -> str:
+    """`` Full tracebacks: <log file>.`` when a log file is written (Hydra's), else ""."""
+    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    return f" Full tracebacks: {files[0]}." if files else ""
+
+
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bool = True) -> Any:
     """Run ``command(cfg)``; a DSEError (even one raised inside Hydra's instantiate) becomes
     its one-paragraph message and exit status 2, with no traceback; a SIGINT/SIGTERM the
@@ -36,6 +71,7 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bo
     Lightning's and Optuna's per-step logs (searches show their own progress)."""
     if quiet:
         _quiet_third_party_logs()
+    _tracebacks_to_the_log_file_only()
     try:
         return command(cfg)
     except InstantiationException as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DSEError", "DataError", "SearchSpaceError"]
+__all__ = ["CheckpointError", "ConfigError", "DSEError", "DataError", "SearchSpaceError", "TrialsFailed"]
 
 
 class DSEError(Exception):
@@ -23,3 +23,7 @@ class CheckpointError(DSEError):
 
 class SearchSpaceError(DSEError, ValueError):
     """A search space does not fit the model (e.g. a layer the model lacks)."""
+
+
+class TrialsFailed(DSEError):
+    """Trials failed in a row (a broken setup, not bad luck): the search stopped, keeping what it finished."""

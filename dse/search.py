@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
-from dse.cli import run_command
+from dse.cli import full_tracebacks_hint, run_command
 from dse.config_building import (
     build_sampler,
     build_tracker,
@@ -37,6 +37,7 @@ from dse.config_building import (
     study_settings,
 )
 from dse.config_paths import CONFIG_DIR
+from dse.exceptions import TrialsFailed
 from dse.objectives import Objective
 from dse.optuna_internals import storage_of
 from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
@@ -209,7 +210,7 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         if final is not None:
             merged = front_table(study, parts.settings.objectives).merge(final, on="trial", how="left")
             tracker.log_parent_table(merged, "pareto_front_final.csv", artifact_path="pareto")
-        status = "FINISHED"
+        status = "FINISHED" if runner.stopped_by_failures is None else "FAILED"
     except Interrupted as exc:
         status = "KILLED"
         runner.publish(count_complete(study), final=True)  # the front of what completed, plots included
@@ -220,6 +221,8 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         tracker.close_parent(status)
     front = front_table(study, parts.settings.objectives)
     _logger.info(end_of_search_message(study, front, tracker, parts.settings.objectives))
+    if runner.stopped_by_failures is not None:  # published what finished; the run itself did not work
+        raise TrialsFailed(f"{runner.stopped_by_failures}{full_tracebacks_hint()}")
     return SearchResult(study, front, tracker.parent_run_id)
 
 

@@ -49,6 +49,22 @@ def test_corrupt_file(tmp_path) -> None:
         CIFAR10DataModule(path=str(bad)).setup("test")
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda d: {**d, "y_test": d["y_test"] + 10}, r"y_test has labels outside 0\.\.9 \(e\.g\. \[10, 11"),
+        (lambda d: {**d, "y_test": d["y_test"][:-7]}, "y_test holds 1993 labels for 2000 images"),
+        (lambda d: {**d, "y_test": d["y_test"] + 0.5}, "y_test has dtype float64; labels must be integers"),
+    ],
+)
+def test_labels_that_would_score_silently_wrong_are_refused(tmp_path, change, says: str) -> None:
+    """Out-of-range labels scored 0% in silence, a short y_test fewer images, float labels truncated."""
+    with np.load(resolve_asset("cifar10_test_subset")) as shipped:
+        np.savez(tmp_path / "bad.npz", **change(dict(shipped)))
+    with pytest.raises(DataError, match=says):
+        CIFAR10DataModule(path=str(tmp_path / "bad.npz")).setup("test")
+
+
 def test_training_on_eval_only_file_is_refused() -> None:
     with pytest.raises(DataError, match="test images only"):
         CIFAR10DataModule(path="cifar10_test_subset").setup("fit")

@@ -1,5 +1,7 @@
 """The trial loop's guards, on a real in-memory Optuna study and the tiny CNN."""
 
+from pathlib import Path
+
 import optuna
 import pytest
 import torch
@@ -43,9 +45,48 @@ def test_a_setup_that_always_fails_stops_the_study(candidates: CandidateEvaluato
     broken = Broken(candidates.model, candidates.evaluator, candidates.energy_model)
     space = decimal_places_space("group").bind(broken.model, GROUPS)
     study = optuna.create_study(directions=["maximize"])
-    StudyRunner(study, space, broken, StudySettings(n_trials=20, objectives=[Objective("accuracy", "maximize")])).run()
+    runner = StudyRunner(
+        study, space, broken, StudySettings(n_trials=20, objectives=[Objective("accuracy", "maximize")])
+    )
+    runner.run()
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL] * 5
+    assert runner.stopped_by_failures is not None and runner.stopped_by_failures.startswith("5 trials failed in a row")
+    assert runner.stopped_by_failures.endswith(
+        "The first: trial 0: RuntimeError: CUDA error: device-side assert triggered"
+    )
+
+
+def test_a_search_stopped_by_failures_exits_non_zero_with_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command, not just the runner: exit status 2 and one clear line naming the first error, no traceback
+    on the terminal (it goes to the log file), and what finished before is kept."""
+    import logging
+    import sys
+
+    from dse.cli import run_command
+    from dse.search import run_search
+
+    overrides = ["study=quickstart", "tracking=none", "data.test_subset=200", "evaluation.timing_repeats=1"]
+    run_search(compose_config([*overrides, "study.n_trials=2"]))
+    monkeypatch.setattr(CandidateEvaluator, "evaluate", Broken.evaluate)
+    console = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(console)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stop:
+            run_command(run_search, compose_config([*overrides, "study.n_trials=9"]))
+        printed = console.format(next(r for r in caplog.records if r.exc_info))
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "dse"]
+    assert len(errors) == 1 and "5 trials failed in a row" in errors[0]
+    assert "The first: trial 2: RuntimeError: CUDA error: device-side assert triggered" in errors[0]
+    # Optuna's report of a failed trial: one line on the terminal, its traceback kept for the log file
+    assert "Traceback" not in printed and "traceback in the log file" in printed and "\n" not in printed
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{workdir}/mlruns/optuna.db")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2  # kept
 
 
 def test_constraint_marks_large_accuracy_drops_infeasible(candidates: CandidateEvaluator) -> None:

@@ -120,12 +120,12 @@ def _load_npz(path: Path) -> CIFAR10Arrays:
                     f"{str(path)!r} has arrays {sorted(d.files)}, but a CIFAR-10 file needs "
                     "x_test and y_test (uint8 N x 32 x 32 x 3 and int labels)."
                 )
-            y_test = d["y_test"].astype(np.int64)
+            y_test = _integer_labels(d["y_test"], path, "y_test")
             arrays = CIFAR10Arrays(
                 x_test=d["x_test"],
                 y_test=y_test,
                 x_train=d.get("x_train", None),
-                y_train=d["y_train"].astype(np.int64) if "y_train" in d else None,
+                y_train=_integer_labels(d["y_train"], path, "y_train") if "y_train" in d else None,
                 # a subset file says where its images sit in the official order; a full copy is in it
                 test_class_ranks=d["test_class_ranks"] if "test_class_ranks" in d else within_class_rank(y_test),
                 x_calibration=d.get("x_calibration", None),
@@ -137,7 +137,32 @@ def _load_npz(path: Path) -> CIFAR10Arrays:
             f"{str(path)!r}: x_test has shape {arrays.x_test.shape} and dtype {arrays.x_test.dtype}; "
             "expected uint8 (N, 32, 32, 3) RGB images."
         )
+    for images, labels, split in ((arrays.x_test, arrays.y_test, "test"), (arrays.x_train, arrays.y_train, "train")):
+        _check_labels(path, images, labels, split)
     return arrays
+
+
+def _integer_labels(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if not np.issubdtype(labels.dtype, np.integer):  # floats would be truncated silently (2.9 -> 2)
+        raise DataError(f"{str(path)!r}: {key} has dtype {labels.dtype}; labels must be integers 0..9.")
+    return labels.astype(np.int64)
+
+
+def _check_labels(path: Path, images: np.ndarray | None, labels: np.ndarray | None, split: str) -> None:
+    """One label per image, each a class index 0..9: anything else would score silently wrong (0%, or fewer images)."""
+    if labels is None:
+        return
+    if images is not None and len(labels) != len(images):
+        raise DataError(
+            f"{str(path)!r}: y_{split} holds {len(labels)} labels for {len(images)} images in x_{split}; "
+            "give exactly one label per image."
+        )
+    bad = labels[(labels < 0) | (labels > 9)]
+    if len(bad):
+        raise DataError(
+            f"{str(path)!r}: y_{split} has labels outside 0..9 (e.g. {sorted(set(bad.tolist()))[:5]}, "
+            f"{len(bad)} of {len(labels)}); CIFAR-10 labels are class indices 0..9 (airplane..truck)."
+        )
 
 
 def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:

@@ -81,6 +81,8 @@ class StudyRunner:
         )
         self._duplicate_streak = 0
         self._failure_streak = 0
+        self._first_failure = ""
+        self.stopped_by_failures: str | None = None  # why a streak of failures stopped the search
         self._progress: tqdm | None = None
         self.interrupted_trial: int | None = None  # set when a signal stopped one
 
@@ -140,6 +142,14 @@ class StudyRunner:
             time.sleep(min(_SETTLE_POLL_S, interval or _SETTLE_POLL_S))
         close_dead_runs(self.study, self.tracker)
 
+    def _failure_of(self, number: int) -> str:
+        """``trial 3: ValueError: ...``: what trial ``number`` raised, as far as this worker saw it."""
+        error = self.evaluation.last_error
+        if error is None or error[0] != number:
+            return f"trial {number} (no error recorded by this worker)"
+        text = str(error[1]).strip().splitlines()
+        return f"trial {number}: {type(error[1]).__name__}: {text[0] if text else ''}"
+
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.PRUNED and DUPLICATE_ATTR in trial.user_attrs:
             self._duplicate_streak += 1
@@ -153,9 +163,12 @@ class StudyRunner:
         self._duplicate_streak = 0
         if trial.state == TrialState.FAIL:
             self._failure_streak += 1
+            if self._failure_streak == 1:
+                self._first_failure = self._failure_of(trial.number)
             if self._failure_streak >= self.settings.max_failure_streak:
-                _logger.error(
-                    "%d trials failed in a row; stopping. The study keeps every finished trial.", self._failure_streak
+                self.stopped_by_failures = (
+                    f"{self._failure_streak} trials failed in a row, so the search stopped (the study keeps every "
+                    f"finished trial). The first: {self._first_failure}"
                 )
                 study.stop()
                 return

@@ -67,6 +67,7 @@ class TrialEvaluation:
         self.study, self.space, self.candidates, self.settings = study, space, candidates, settings
         self.policy, self.tracker, self.retraining, self.screening = policy, tracker, retraining, screening
         self.current: optuna.Trial | None = None  # the trial this worker is running
+        self.last_error: tuple[int, Exception] | None = None  # the last trial that raised, and what
         self._baseline_accuracy: float | None = None
 
     def baseline_accuracy(self) -> float:
@@ -81,6 +82,13 @@ class TrialEvaluation:
         return self._baseline_accuracy
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        try:
+            return self._run(trial)
+        except Exception as exc:  # a failed trial: the runner names the error if failures go on
+            self.last_error = (trial.number, exc)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
         self.current = trial
         params = self.space.suggest(trial)
         assignment = self.space.assignment(params)
