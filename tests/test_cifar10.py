@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,65 @@ def test_a_final_evaluation_that_could_share_images_with_the_search_is_refused(o
     with pytest.raises(ConfigError, match=r"final_eval\.data\.test_split=held_out"):
         check_held_out(compose_config(["study=quickstart", "final_eval.enabled=true", *overrides]))
     check_held_out(compose_config(["study=quickstart", *overrides, "final_eval.enabled=false"]))
+
+
+def _cifar10_archive(folder: Path, per_class_test: int = 10, per_class_train: int = 5) -> Path:
+    """A small cifar-10-python.tar.gz in torchvision's layout (pickled batches), cut from the shipped subset."""
+    import pickle
+    import tarfile
+
+    with np.load(resolve_asset("cifar10_test_subset")) as shipped:
+        x, y = shipped["x_test"], shipped["y_test"]
+    order = np.argsort(within_class_rank(y) * 10 + y, kind="stable")  # interleaved, as the official files
+    test, train = order[: 10 * per_class_test], order[10 * per_class_test : 10 * (per_class_test + per_class_train)]
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+
+    def dump(name: str, idx: np.ndarray) -> None:
+        rows = x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1)  # CHW rows, as CIFAR-10's python batches
+        (batches / name).write_bytes(pickle.dumps({"data": rows, "labels": y[idx].tolist()}))
+
+    dump("test_batch", test)
+    for i, part in enumerate(np.array_split(train, 5), start=1):
+        dump(f"data_batch_{i}", part)
+    (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(c) for c in range(10)]}))
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_the_final_evaluation_downloads_with_torchvision_when_asked(tmp_path, monkeypatch) -> None:
+    """Evaluator runs the data module's prepare_data: with download=true torchvision's own download is
+    called (its fetch pointed at a local archive, since there is no network here) and the held-out half loads."""
+    import hashlib
+    import shutil
+
+    import torchvision.datasets.cifar as tv_cifar
+    from torchvision.datasets.utils import extract_archive
+
+    source = _cifar10_archive(tmp_path / "archive")
+    md5 = {
+        p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (tmp_path / "archive/cifar-10-batches-py").iterdir()
+    }
+    monkeypatch.setattr(
+        tv_cifar.CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
+    )
+    monkeypatch.setattr(tv_cifar.CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(tv_cifar.CIFAR10, "meta", {**tv_cifar.CIFAR10.meta, "md5": md5["batches.meta"]})
+    fetched: list[str] = []
+
+    def fetch(url: str, download_root: str, filename: str, md5: str) -> None:  # the network's part, from disk
+        fetched.append(url)
+        Path(download_root).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, Path(download_root) / filename)
+        extract_archive(str(Path(download_root) / filename), download_root)
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fetch)
+    root = tmp_path / "cache"
+    with pytest.raises(DataError, match="set download: true"):  # without download: not there, and says how
+        Evaluator(CIFAR10DataModule(source="torchvision", path=str(root), test_split="held_out"), timing_repeats=1)
+    evaluator = Evaluator(
+        CIFAR10DataModule(source="torchvision", path=str(root), download=True, test_split="held_out"), timing_repeats=1
+    )
+    assert fetched == [tv_cifar.CIFAR10.url] and evaluator.n_images == 50  # odd within-class ranks: 5 per class

@@ -172,9 +172,15 @@ def _load_torchvision(root: Path, download: bool) -> CIFAR10Arrays:
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
     except (RuntimeError, OSError) as exc:  # "Dataset not found or corrupted", or no network for the download
+        fix = (
+            "the download failed: check the network access (or fetch cifar-10-python.tar.gz into that folder)"
+            if download
+            else "set download: true in the data config that names this folder (e.g. data.download=true), "
+            "with network access"
+        )
         raise DataError(
-            f"torchvision CIFAR-10 not found under {str(root)!r} ({exc}). Set data.download=true "
-            "with network access, or point data= at a local .npz (data=cifar10_npz data.path=...)."
+            f"torchvision CIFAR-10 not found under {str(root)!r} ({exc}): {fix}; or use a local .npz "
+            "(cifar10_npz with its path)."
         ) from exc
     y_test = np.asarray(test.targets, dtype=np.int64)
     return CIFAR10Arrays(

@@ -123,6 +123,7 @@ class Evaluator:
         threads = allocated_threads(threads)
         if threads:
             torch.set_num_threads(threads)
+        datamodule.prepare_data()  # Lightning's order: download (if the data config asks for it), then set up
         datamodule.setup("test")
         self.device = default_device() if accelerator == "auto" else torch.device(accelerator)
         self._timing_batches: list[torch.Tensor] | None = None
