@@ -19,6 +19,7 @@ import pytest
 
 from dse.search import run_search
 from dse.testing.postgres import free_port
+from dse.tracking.mlflow_tracker import UI_VIEW, MlflowTracker
 from tests.conftest import FAST, compose_config
 
 pytestmark = pytest.mark.slow
@@ -121,6 +122,9 @@ def test_the_mlflow_ui_shows_the_front_its_table_and_the_hypervolume_curve(workd
     overrides = ["study=quickstart", "study.n_trials=4", "study.measure_time=false", "tracking.plot_every=1"]
     result = run_search(compose_config([*overrides, OBJECTIVES, *FAST]))
     front_size, n_trials = len(result.study.best_trials), 4
+    result_where = MlflowTracker(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    result_where.parent_run_id = result.parent_run_id
+    result_where = result_where.where()
     client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("dse").experiment_id
     port = free_port()
@@ -165,7 +169,22 @@ def test_the_mlflow_ui_shows_the_front_its_table_and_the_hypervolume_curve(workd
         steps = wait.until(lambda _: card.find_elements(By.CSS_SELECTOR, ".js-plotly-plot g.points path.point"))
         assert len(steps) == n_trials  # one point a complete trial
         page.save_screenshot(str(workdir / "mlflow_hypervolume.png"))
-    for shot in ("mlflow_front.png", "mlflow_front_table.png", "mlflow_hypervolume.png"):
+
+        # 4. the link dse prints opens the parent run in the model-training view (MLflow 3 would open its GenAI
+        # view: traces, evaluation runs), and the experiment's run table lists the study's runs
+        link = next(line for line in result_where if "http://127.0.0.1:5000/" in line).split("then ", 1)[1]
+        page.get("about:blank")
+        page.get(link.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='Model metrics']")))
+        assert not page.find_elements(By.XPATH, "//*[normalize-space(text())='Evaluation runs']")
+        page.get("about:blank")
+        page.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs{UI_VIEW}")
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='Run Name']")))
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='quickstart']")))
+        assert not page.find_elements(By.XPATH, "//*[normalize-space(text())='Evaluation runs']")
+        page.save_screenshot(str(workdir / "mlflow_runs.png"))
+    assert client.get_experiment(experiment).tags.get("mlflow.experimentKind") == "custom_model_development"
+    for shot in ("mlflow_front.png", "mlflow_front_table.png", "mlflow_hypervolume.png", "mlflow_runs.png"):
         assert (workdir / shot).stat().st_size > 10_000  # a real picture, kept with the test's files
 
 

@@ -30,7 +30,13 @@ from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
 from dse.tracking.summary import study_summary
 
-__all__ = ["MlflowTracker"]
+__all__ = ["UI_VIEW", "MlflowTracker"]
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless told otherwise: the experiment
+# is marked as model development (read by UIs that honour the tag), and dse's links ask for the run table's view.
+_KIND_TAG = "mlflow.experimentKind"
+_MODEL_TRAINING = {_KIND_TAG: "custom_model_development"}
+UI_VIEW = "?workflowType=machine_learning"
 
 _logger = logging.getLogger(__name__)
 _PARENT_ATTR = "mlflow_parent_run_id"
@@ -89,9 +95,11 @@ class MlflowTracker:
         def experiment_id() -> str:
             self.client = mlflow.MlflowClient(tracking_uri)  # creates (migrates) the store's tables
             found = self.client.get_experiment_by_name(experiment)
-            if found is not None:
-                return found.experiment_id
-            return self.client.create_experiment(experiment, artifact_location=location)
+            if found is None:
+                return self.client.create_experiment(experiment, artifact_location=location, tags=_MODEL_TRAINING)
+            if found.tags.get(_KIND_TAG) is None:  # a store made before dse set it
+                self.client.set_experiment_tag(found.experiment_id, _KIND_TAG, _MODEL_TRAINING[_KIND_TAG])
+            return found.experiment_id
 
         # Workers started together race to create the store's tables and the experiment:
         # migrations of one SQLite file must not run twice at once (they corrupt the schema).
@@ -185,7 +193,7 @@ class MlflowTracker:
         return [
             f"Front artifacts: {run.info.artifact_uri}/pareto/ (pareto_front.html, .png, .csv, pareto_assignments.png)",
             f"Open them: mlflow ui --backend-store-uri {self.tracking_uri}",
-            f"  then http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}",
+            f"  then http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}{UI_VIEW}",
         ]
 
     def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
