@@ -5,11 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from dse.numerics.decimal_places import MAX_DECIMALS, MIN_DECIMALS
+from dse.exceptions import ConfigError
+from dse.numerics.decimal_places import MAX_DECIMALS, MIN_DECIMALS, check_decimals
 
 from .space import EXACT, Knob, SearchSpace
 
-__all__ = ["decimal_places_space"]
+__all__ = ["decimal_choices", "decimal_places_space"]
+
+
+def decimal_choices(decimals: object) -> tuple[int, ...]:
+    """``space.decimals`` checked as given: whole numbers 1..9, never coerced (2.5 is not 2, "12" not [1, 2])."""
+    example = f"e.g. space.decimals=[2,3,4] (whole numbers from {MIN_DECIMALS} to {MAX_DECIMALS})"
+    if isinstance(decimals, (str, bytes)) or not isinstance(decimals, Sequence) or not len(decimals):
+        raise ConfigError(f"space.decimals must be a non-empty list, {example}; got {decimals!r}.")
+    for d in decimals:
+        try:
+            check_decimals(d)
+        except ConfigError:
+            raise ConfigError(f"space.decimals: {d!r} is not a number of decimal places, {example}.") from None
+    return tuple(decimals)
 
 
 def decimal_places_space(
@@ -20,7 +34,7 @@ def decimal_places_space(
     layers: Sequence[str] | None = None,
 ) -> SearchSpace:
     """Each targeted unit's weights take d decimal places (d in ``decimals``) or stay exact."""
-    choices = tuple(int(d) for d in decimals) + ((EXACT,) if include_exact else ())
+    choices = decimal_choices(decimals) + ((EXACT,) if include_exact else ())
     return SearchSpace(
         knobs=[Knob("decimals", choices)],
         granularity=granularity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from .decimal_places import decimal_choices
 from .space import EXACT, Knob, SearchSpace
 
 __all__ = ["multiplier_space"]
@@ -24,7 +25,7 @@ def multiplier_space(
     """
     knobs = [Knob("multiplier", tuple(multipliers) + ((EXACT,) if include_exact else ()))]
     if decimals is not None:
-        knobs.append(Knob("decimals", (*tuple(int(d) for d in decimals), EXACT)))
+        knobs.append(Knob("decimals", (*decimal_choices(decimals), EXACT)))
     return SearchSpace(
         knobs=knobs,
         granularity=granularity,

@@ -238,6 +238,12 @@ def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         (["study=quickstart", "study.max_accuracy_drop=5"], "a fraction of accuracy in [0, 1]"),
         (["study=quickstart", "space=multipliers_group", "space.multipliers=[mitchell_w6_s16]"], "2..12 bits"),
         (["study=quickstart", "evaluation.timing_repeats=0"], "timing_repeats must be >= 1"),
+        # never coerced: 2.5 is not 2 decimal places, "12" is not [1, 2]
+        (["study=quickstart", "space.decimals=[2.5,3.9]"], "space.decimals: 2.5 is not a number of decimal places"),
+        (["study=quickstart", 'space.decimals="12"'], "space.decimals must be a non-empty list"),
+        (["study=quickstart", "space.decimals=[abc]"], "space.decimals: 'abc' is not a number of decimal places"),
+        (["study=quickstart", "space.decimals=3"], "space.decimals must be a non-empty list"),
+        (["study=quickstart", "space=multipliers_group", "space.decimals=[0]"], "space.decimals: 0 is not a number"),
     ],
 )
 def test_bad_input_fails_clearly(workdir: Path, args: list[str], message: str) -> None:
