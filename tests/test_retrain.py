@@ -203,3 +203,20 @@ def test_a_killed_retraining_resumes_from_its_checkpoint(workdir: Path) -> None:
     # the resumed run logged only the epochs the dead one had not finished
     curve = client.get_metric_history(by_status["FINISHED"].info.run_id, "train_loss")
     assert sorted(m.step for m in curve) == list(range(epochs_done, 4))
+
+
+def test_retraining_without_training_images_is_refused_before_any_work(workdir: Path) -> None:
+    """Test-only images for retraining: refused at once with the override that sets *retraining's* data
+    (not the search's), before the candidate is evaluated or an MLflow run is made."""
+    run_search(compose_config(["study=quickstart", "study.n_trials=2", *FAST]))
+    start = time.monotonic()
+    proc = _cli(workdir, "study=quickstart", "trial=1", "data@retrain.data=cifar10_subset", *FAST)
+    said = proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "Traceback" not in said, said[-2000:]
+    assert "holds test images only" in said and "data@retrain.data=cifar10_npz retrain.data.path=" in said
+    assert time.monotonic() - start < 60  # a start-up, not an evaluation of 1,000 images first
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("dse").experiment_id], filter_string="tags.dse_role = 'retrain'"
+    )
+    assert runs == []

@@ -26,13 +26,13 @@ from dse.assignment import Assignment, needs_activation_ranges
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.transform import apply_assignment, recalibrate
 from dse.emulation import use_error_model
-from dse.exceptions import ConfigError
+from dse.exceptions import ConfigError, DataError
 from dse.tracking.tracker import NullTracker, Tracker
 from dse.training.retraining_module import DivergenceGuard, ErrorModelRefit, RetrainingClassifier
 from dse.training.weights import save_weights
 from dse.worker.process import single_process
 
-__all__ = ["RetrainResult", "RetrainSettings", "retrain_candidate"]
+__all__ = ["RetrainResult", "RetrainSettings", "check_training_data", "retrain_candidate"]
 
 _logger = logging.getLogger(__name__)
 _SEARCH_ONLY = ("enabled", "on", "max_drop_before", "ckpt_dir")  # not what decides a retraining's result
@@ -120,6 +120,24 @@ class RetrainResult:
         return {**asdict(self), "weights": str(self.weights)}
 
 
+_HOW_TO_SET_THE_DATA = (
+    "Retraining takes its images from data@retrain.data, not from the search's data: "
+    "data@retrain.data=cifar10_npz retrain.data.path=/path/cifar10.npz, or data@retrain.data=cifar10_torchvision."
+)
+
+
+def check_training_data(retrain: RetrainSettings) -> None:
+    """Load the retraining images now (Lightning's prepare_data, then setup), so that missing or test-only
+    data is refused with the right override before anything is evaluated or recorded."""
+    if retrain.data is None:
+        raise ConfigError(f"Retraining needs training images. {_HOW_TO_SET_THE_DATA}")
+    try:
+        retrain.data.prepare_data()
+        retrain.data.setup("fit")
+    except DataError as exc:
+        raise DataError(f"{exc} {_HOW_TO_SET_THE_DATA}") from None
+
+
 def retrain_candidate(
     model: torch.nn.Module,
     assignment: Assignment,
@@ -137,10 +155,7 @@ def retrain_candidate(
     or, if that retraining finished with the same settings, returns its stored result at once.
     A diverging run raises :class:`dse.training.retraining_module.RetrainingDiverged` and is FAILED in MLflow.
     """
-    if retrain.data is None:
-        raise ConfigError(
-            "Retraining needs training images: set data@retrain.data (e.g. data@retrain.data=cifar10_npz)."
-        )
+    check_training_data(retrain)  # before any evaluation, checkpoint or MLflow run
     tracker = tracker if tracker is not None else NullTracker()
     ckpt_dir = Path(retrain.ckpt_dir) / label
     settings = retrain.decisive()  # what decides the result (not where it is kept, nor when the search asks for it)

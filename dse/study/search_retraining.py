@@ -24,7 +24,7 @@ from torch import nn
 
 from dse.assignment import BASELINE_KEY, Assignment, assignment_key
 from dse.candidates.evaluator import CandidateEvaluator
-from dse.candidates.retraining import RetrainResult, RetrainSettings, retrain_candidate
+from dse.candidates.retraining import RetrainResult, RetrainSettings, check_training_data, retrain_candidate
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
 from dse.search_spaces import BoundSpace
@@ -46,6 +46,8 @@ def check_retrain_settings(retrain: RetrainSettings, objectives: Sequence[Object
             f"An objective is {RETRAINED}, which a trial has only if it is retrained as it runs: "
             "set retrain.enabled=true retrain.on=each (or optimise accuracy and retrain the front after)."
         )
+    if retrain.enabled:
+        check_training_data(retrain)
 
 
 def retrained_accuracy(study: optuna.Study, trial: FrozenTrial) -> float | None:
