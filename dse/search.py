@@ -263,19 +263,20 @@ def end_of_search_message(
         references = everything[(everything["reference"] != "") & ~everything["trial"].isin(front["trial"])]
         front = pd.concat([front.assign(on_front="yes"), references.assign(on_front="no")], ignore_index=True)
     if not front.empty:
-        columns = {
-            "accuracy": ("top-1 %", 100.0),
-            "energy_uj": ("energy uJ", 1.0),
-            "modeled_latency_us": ("latency us", 1.0),
-            "inference_time_s": ("time s", 1.0),
+        columns = {  # name: (heading, scale, format): one format per column
+            "accuracy": ("top-1 %", 100.0, "{:.2f}"),
+            "energy_uj": ("energy uJ", 1.0, "{:.2f}"),
+            "modeled_latency_us": ("latency us", 1.0, "{:.1f}"),
+            "inference_time_s": ("time s", 1.0, "{:.4f}"),
         }
         table = pd.DataFrame({"trial": front["trial"]})
         if "reference" in front:
             table["front"] = front["on_front"].fillna("yes") if "on_front" in front else "yes"
             table["reference"] = front["reference"]
-        for name, (label, scale) in columns.items():
+        for name, (label, scale, form) in columns.items():
             if name in front and front[name].astype(float).notna().any():  # (time: only when measured)
-                table[label] = (front[name].astype(float) * scale).map(lambda v: f"{v:.4g}")
+                values = front[name].astype(float) * scale
+                table[label] = values.map(lambda v, f=form: "" if pd.isna(v) else f.format(v))
         if {"accuracy_low", "accuracy_high", "n_images"} <= set(front):  # how sure: 95% interval, images behind it
             table.insert(
                 table.columns.get_loc("top-1 %") + 1,

@@ -5,6 +5,7 @@ on the images that report it."""
 from __future__ import annotations
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -94,3 +95,27 @@ def test_accuracy_intervals_and_paired_tests_by_hand() -> None:
 def test_layer_configs_with_an_activation_format_need_ranges() -> None:
     assert needs_activation_ranges({"a": LayerConfig(**INT4_ACTIVATIONS)})  # type: ignore[arg-type]
     assert not needs_activation_ranges({"a": LayerConfig(decimals=2)})
+
+
+def test_the_closing_table_reads_one_format_a_column_with_the_exact_model_first() -> None:
+    from dse.study.final_evaluation import _readable
+
+    exact = {"final_accuracy": 0.87, "final_accuracy_low": 0.8604, "final_accuracy_high": 0.879}
+    exact["final_n_images"] = 5000
+    table = pd.DataFrame(
+        [
+            {
+                "trial": 23,
+                **{"search_accuracy": 0.864, "search_accuracy_low": 0.848, "search_accuracy_high": 0.878},
+                **{"search_n_images": 2000, "final_accuracy": 0.8662, "final_accuracy_low": 0.856},
+                **{"final_accuracy_high": 0.875, "final_n_images": 5000, "final_vs_exact_points": -0.38},
+                "final_vs_exact_mcnemar_p": 0.1104,
+            }
+        ]
+    )
+    shown = _readable(table, exact)
+    assert shown["trial"].tolist() == ["exact", "23"]
+    assert shown.loc[0, "held-out top-1 %"] == "87.00 [86.0, 87.9] of 5000"
+    assert shown.loc[1, "search top-1 %"] == "86.40 [84.8, 87.8] of 2000"
+    assert shown.loc[1, "held-out top-1 %"] == "86.62 [85.6, 87.5] of 5000"
+    assert shown.loc[1, "vs exact (points)"] == "-0.38" and shown.loc[1, "McNemar p"] == "0.11"

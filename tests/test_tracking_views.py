@@ -53,6 +53,8 @@ def _check(workdir: Path, n_trials: int) -> None:
     message = end_of_search_message(study, result.front, tracker)
     rows = [line for line in message.splitlines() if line.strip().split(" ")[0].isdigit()]
     assert sorted(int(r.split()[0]) for r in rows) == sorted(front)
+    for t in study.best_trials:  # one format a column: 87.00 beside 87.85, never 87 beside 87.85
+        assert f"{100 * t.user_attrs['accuracy']:.2f}" in message and f"{t.user_attrs['energy_uj']:.2f}" in message
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlruns/mlflow.db" in message
     assert f"/runs/{parent}" in message and "pareto_front.html" in message
     summary = Path(client.download_artifacts(parent, "README.md", str(workdir / "dl"))).read_text()

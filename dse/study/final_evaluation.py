@@ -16,6 +16,7 @@ from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.exceptions import DataError
 from dse.search_spaces import BoundSpace
+from dse.tracking.summary import interval_text
 from dse.tracking.tracker import Tracker
 
 __all__ = ["final_evaluation", "held_out_result", "held_out_results"]
@@ -23,6 +24,7 @@ __all__ = ["final_evaluation", "held_out_result", "held_out_results"]
 _logger = logging.getLogger(__name__)
 
 _ATTR = "final_eval/"  # study user attribute per front point: "final_eval/<trial number>"
+_EXACT_ATTR = "final_eval_exact"  # the exact model's held-out accuracy and interval
 
 
 def held_out_result(study: optuna.Study, number: int) -> dict[str, float]:
@@ -96,9 +98,42 @@ def final_evaluation(
         }
         rows.append({"trial": trial.number, **searched, **result})
     table = pd.DataFrame(rows)
+    exact_result = study.user_attrs.get(_EXACT_ATTR)
+    if exact_result is None:  # the exact model on the same images: the row every front point is read against
+        interval = accuracy_interval(exact if exact is not None else full.correct(search.model)[0])
+        exact_result = {"final_accuracy": interval.accuracy, "final_accuracy_low": interval.low}
+        exact_result |= {"final_accuracy_high": interval.high, "final_n_images": interval.n_images}
+        study.set_user_attr(_EXACT_ATTR, exact_result)
     _logger.info(
         "Pareto front on %d held-out images (none of them scored a candidate):\n%s",
         full.n_images,
-        table.to_string(index=False),
+        _readable(table, exact_result).to_string(index=False),
     )
     return table
+
+
+def _readable(table: pd.DataFrame, exact: dict[str, float]) -> pd.DataFrame:
+    """The closing table: one format per column, intervals beside accuracies, the exact model's row first."""
+
+    def accuracy(value: float, low: float, high: float, n: float) -> str:
+        return f"{100 * value:.2f} {interval_text(low, high, n)}" if value is not None else ""
+
+    rows = [{"trial": "exact", "search top-1 %": "", "held-out top-1 %": accuracy(*_final(exact))}]
+    rows[0] |= {"vs exact (points)": "", "McNemar p": ""}
+    for r in table.to_dict("records"):
+        search = (r["search_accuracy"], r["search_accuracy_low"], r["search_accuracy_high"], r["search_n_images"])
+        rows.append(
+            {
+                "trial": str(r["trial"]),
+                "search top-1 %": accuracy(*search),
+                "held-out top-1 %": accuracy(*_final(r)),
+                "vs exact (points)": f"{r['final_vs_exact_points']:+.2f}",
+                "McNemar p": f"{r['final_vs_exact_mcnemar_p']:.2g}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _final(result: dict[str, float]) -> tuple[float, float, float, float]:
+    keys = ("final_accuracy", "final_accuracy_low", "final_accuracy_high", "final_n_images")
+    return tuple(result[k] for k in keys)  # type: ignore[return-value]
