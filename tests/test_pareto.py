@@ -46,10 +46,11 @@ def test_the_zoomed_panel_spans_the_front_not_the_trials() -> None:
 
 def test_the_zoomed_panel_spans_the_fronts_costs_not_the_exact_models() -> None:
     """The multiplier study's case: the front at 9.9-10.5 uJ, a competing uniform setting at 10.46 uJ, the exact
-    model at 125 uJ. The cost axis spans the front and that uniform point; the failed uniform one and the exact
-    model stay off it (the plot names the exact model)."""
+    model at 125 uJ. The cost axis spans the front and that uniform point; the failed and the dominated uniform
+    ones and the exact model stay off it (the plot names the exact model)."""
     front = pd.DataFrame({"accuracy": [0.864, 0.866, 0.868], "energy_uj": [9.9, 10.2, 10.5]})
-    uniform = pd.DataFrame({"accuracy": [0.867, 0.10], "energy_uj": [10.46, 7.0]})
+    # competing: 10.46 uJ (between front points, not dominated); dominated: 60 uJ at 86.6%; failed: 7 uJ at 10%
+    uniform = pd.DataFrame({"accuracy": [0.867, 0.10, 0.866], "energy_uj": [10.46, 7.0, 60.0]})
     exact = pd.DataFrame({"accuracy": [0.87], "energy_uj": [125.0]})
     y_range = zoomed_range(front, pd.concat([uniform, exact]), "accuracy")
     low, high = zoomed_cost_range(front, uniform, "energy_uj", "accuracy", y_range)

@@ -190,12 +190,22 @@ def zoomed_range(front: pd.DataFrame, references: pd.DataFrame, y: str) -> tuple
 def zoomed_cost_range(
     front: pd.DataFrame, uniform: pd.DataFrame, x: str, y: str, y_range: tuple[float, float]
 ) -> tuple[float, float] | None:
-    """The x (cost) range of the zoomed panel: the front and the uniform settings that reach its accuracy
-    range, padded. The exact baseline is left out: it usually costs many times the front (125 uJ against
-    10), and on its scale the front would sit on one vertical line; the panel names it instead."""
-    rows = pd.concat([front, uniform])
-    if rows.empty or x not in rows:
+    """The x (cost) range of the zoomed panel: the front and the uniform settings in its accuracy range that
+    compete with it (not dominated by a front point) or cost at most 25% more than its costliest point, padded.
+    The exact baseline and far dominated uniform settings are left out: they often cost many times the front
+    (125 uJ against 10), and on their scale the front would sit on one vertical line; the top row shows them,
+    and the panel names the baseline."""
+    if front.empty or x not in front:
         return None
+    fx, fy = front[x].astype(float).to_numpy(), front[y].astype(float).to_numpy()
+    near = 1.25 * float(np.nanmax(fx))  # a reference just past the front's costliest point is worth seeing
+
+    def shown(cost: float, accuracy: float) -> bool:
+        dominated = ((fx <= cost) & (fy >= accuracy) & ((fx < cost) | (fy > accuracy))).any()
+        return cost <= near or not dominated
+
+    kept = [r for _, r in uniform.iterrows() if x in r and shown(float(r[x]), float(r[y]))]
+    rows = pd.concat([front, pd.DataFrame(kept)]) if kept else front
     ys, xs = rows[y].astype(float), rows[x].astype(float)
     xs = xs[(ys >= y_range[0]) & (ys <= y_range[1]) & np.isfinite(xs)]
     if xs.empty:
