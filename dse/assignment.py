@@ -1,4 +1,4 @@
-"""Per-layer assignments: what each Conv2d/Linear layer of a candidate runs with.
+"""Per-layer assignments: what each Conv1d/Conv2d/Linear layer of a candidate runs with.
 
 An assignment maps a layer's qualified name (``features.3.conv.1.0``) to a
 :class:`LayerConfig`. This module only describes candidates (the cost model
@@ -20,17 +20,28 @@ from dse.numerics.formats import parse_format
 __all__ = [
     "BASELINE_KEY",
     "TARGETABLE_TYPES",
+    "UNEMULATED_TYPES",
     "Assignment",
     "LayerConfig",
     "TargetableLayer",
     "assignment_key",
     "check_layer_names",
+    "layer_kind",
     "needs_activation_ranges",
     "targetable_layers",
+    "unemulated_layers",
 ]
 
-# Layers whose weights (and, later, products) dse can change.
-TARGETABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+# Layers whose weights (and products) dse can change.
+TARGETABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+# Layers with multiplications dse cannot change yet: they run float32 in every candidate and are priced so
+# (dse.cost.macs.unemulated_shapes). Linear layers inside them (attention's out_proj) are not called as modules.
+UNEMULATED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.Conv3d,
+    nn.modules.conv._ConvTransposeNd,
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class LayerConfig:
 Assignment = Mapping[str, LayerConfig]
 
 
-TargetableLayer = nn.Conv2d | nn.Linear
+TargetableLayer = nn.Conv1d | nn.Conv2d | nn.Linear
 
 
 def check_layer_names(model: nn.Module, names: Iterable[str], what: str = "Assignment") -> None:
@@ -85,14 +96,39 @@ def check_layer_names(model: nn.Module, names: Iterable[str], what: str = "Assig
     unknown = sorted(set(names) - set(layers))
     if unknown:
         raise SearchSpaceError(
-            f"{what} names layers the model lacks: {unknown[:5]}. Conv2d/Linear layers of "
+            f"{what} names layers the model lacks: {unknown[:5]}. Conv1d/Conv2d/Linear layers of "
             f"{type(model).__name__}: {list(layers)[:8]}... (all of them: dse.assignment.targetable_layers(model))."
         )
 
 
 def targetable_layers(model: nn.Module) -> dict[str, TargetableLayer]:
-    """Conv2d and Linear layers of ``model`` by qualified name, in forward-definition order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """Conv1d, Conv2d and Linear layers of ``model`` by qualified name, in definition order (not those
+    inside an unemulated layer, which calls their weights directly)."""
+    inside = tuple(f"{name}." for name in unemulated_layers(model))
+    return {
+        name: m  # type: ignore[misc]
+        for name, m in model.named_modules()
+        if isinstance(m, TARGETABLE_TYPES) and not name.startswith(inside)
+    }
+
+
+def unemulated_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers of :data:`UNEMULATED_TYPES` (outermost only) by qualified name: float32 in every candidate."""
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, UNEMULATED_TYPES) and not any(name.startswith(f"{outer}.") for outer in found):
+            found[name] = m
+    return found
+
+
+def layer_kind(module: nn.Module) -> str:
+    """What a targetable layer is, for grouping and cost tables: linear, depthwise, grouped, pointwise or conv."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    if module.groups > 1:
+        return "depthwise" if module.groups == module.in_channels else "grouped"
+    return "pointwise" if all(k == 1 for k in module.kernel_size) else "conv"
 
 
 def assignment_key(assignment: Assignment) -> str:

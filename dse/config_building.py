@@ -8,24 +8,30 @@ it builds (``_target_``), so a builder here only says how the groups fit togethe
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dse.batchnorm_folding import fold_batchnorm
 from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
 from dse.exceptions import ConfigError
 from dse.objectives import parse_bounds, parse_objectives
 from dse.search_spaces import BoundSpace
+from dse.search_spaces.layer_groups import groups_by_kind, resolve_groups
 from dse.study.sampler import sampler_for_space
 from dse.study.settings import StudySettings
 from dse.tracking.tracker import NullTracker, Tracker
 from dse.training.weights import load_weights
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "build_sampler",
@@ -36,14 +42,67 @@ __all__ = [
     "check_held_out",
     "evaluator_on",
     "hydra_job_number",
+    "model_layer_groups",
     "retrain_settings",
     "study_settings",
 ]
 
 
 def build_trained_model(model_cfg: Any) -> nn.Module:
-    """A model config's architecture (``builder``) with its ``weights``, in eval mode."""
-    return load_weights(instantiate(model_cfg.builder), str(model_cfg.weights)).eval()
+    """A model config's architecture (``builder``) with its ``weights`` (null: the builder's own), in eval
+    mode, each BatchNorm folded into its convolution when ``fold_batchnorm`` (the default)."""
+    builder = model_cfg.get("builder")
+    if not isinstance(builder, DictConfig) or "_target_" not in builder or OmegaConf.is_missing(builder, "_target_"):
+        raise ConfigError(
+            "model.builder._target_ is not set: name the callable that builds your model, e.g. "
+            "model=custom model.builder._target_=my_package.my_module.MyNet (or model=torchvision model.arch=resnet18)."
+        )
+    target = builder._target_
+    try:
+        net = instantiate(builder)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(
+            f"model.builder ({target}) failed: {type(cause).__name__}: {cause}. Its arguments are the other keys of "
+            f"model.builder ({', '.join(str(k) for k in builder if k != '_target_') or 'none'}): add one with "
+            "+model.builder.<name>=<value>, drop one with ~model.builder.<name>, or start from model=custom."
+        ) from exc
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model.builder ({target}) returned a {type(net).__name__}, not a torch.nn.Module.")
+    weights = model_cfg.get("weights")
+    if weights is None:
+        _logger.warning(
+            "model.weights is null: searching %s's initial weights, not a trained model. "
+            "Give model.weights=/path/state_dict.pt (saved with torch.save(net.state_dict(), path)).",
+            target,
+        )
+    else:
+        load_weights(net, str(weights))
+    net.eval()
+    if model_cfg.get("fold_batchnorm", True):
+        folded = fold_batchnorm(net)
+        _logger.info("Folded %d BatchNorm layer(s) into their convolutions (model.fold_batchnorm).", len(folded))
+    elif any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        _logger.warning(
+            "model.fold_batchnorm=false: BatchNorm layers stay float32 after quantized layers and cost nothing "
+            "in the cost model."
+        )
+    return net
+
+
+def model_layer_groups(model_cfg: Any, model: nn.Module) -> dict[str, str]:
+    """The model config's ``layer_groups`` (name -> regex on module names); without them, the layers grouped
+    by kind (:func:`dse.search_spaces.layer_groups.groups_by_kind`), said in the log."""
+    given = model_cfg.get("layer_groups")
+    if given:
+        return dict(given)
+    groups = groups_by_kind(model)
+    members = resolve_groups(model, groups)
+    _logger.info(
+        "model.layer_groups is not set: layers grouped by kind: %s.",
+        ", ".join(f"{g} ({len(m)})" for g, m in members.items()),
+    )
+    return groups
 
 
 def evaluator_on(cfg: DictConfig, data_cfg: Any) -> Evaluator:

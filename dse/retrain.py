@@ -23,7 +23,13 @@ from omegaconf import DictConfig
 from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
 from dse.candidates.retraining import RetrainResult, retrain_candidate
 from dse.cli import run_command
-from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, retrain_settings
+from dse.config_building import (
+    build_tracker,
+    build_trained_model,
+    candidate_evaluator,
+    model_layer_groups,
+    retrain_settings,
+)
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.search_spaces import SearchSpace
@@ -45,7 +51,7 @@ def _trial_assignment(cfg: DictConfig, model: torch.nn.Module) -> tuple[Assignme
         )
     trial = study.trials[int(cfg.trial)]
     space: SearchSpace = instantiate(cfg.space)
-    bound = space.bind(model, dict(cfg.model.layer_groups))
+    bound = space.bind(model, model_layer_groups(cfg.model, model))
     if study.user_attrs.get("space_params") not in (None, sorted(bound.params)):
         raise ConfigError(
             f"Study {cfg.study.name!r} was searched over {study.user_attrs['space_params']}, this config's space "

@@ -33,6 +33,7 @@ from dse.config_building import (
     check_held_out,
     evaluator_on,
     hydra_job_number,
+    model_layer_groups,
     retrain_settings,
     study_settings,
 )
@@ -105,7 +106,7 @@ def _parts(cfg: DictConfig) -> _Parts:
     )
     model = build_trained_model(cfg.model)
     space: SearchSpace = instantiate(cfg.space)
-    bound = space.bind(model, dict(cfg.model.layer_groups))
+    bound = space.bind(model, model_layer_groups(cfg.model, model))
     if cfg.pruning.table:
         bound = prune_space(bound, load_sensitivity(cfg.pruning.table), float(cfg.pruning.max_drop_points))
     return _Parts(settings, screening, retrain, bound, candidate_evaluator(cfg, model))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from dse.assignment import LayerConfig
 from dse.cli import run_command
-from dse.config_building import build_tracker, build_trained_model, candidate_evaluator
+from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, model_layer_groups
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
 from dse.search_spaces import resolve_groups
@@ -72,7 +72,7 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
     if sens.granularity not in ("group", "layer"):
         raise ConfigError(f"sensitivity.granularity must be group or layer, got {sens.granularity!r}.")
     model = build_trained_model(cfg.model)
-    groups = resolve_groups(model, dict(cfg.model.layer_groups))
+    groups = resolve_groups(model, model_layer_groups(cfg.model, model))
     units = groups if sens.granularity == "group" else {n: [n] for members in groups.values() for n in members}
     values: list[Any] = list(sens["values"])  # sens.values would be the mapping method
     for v in values:

@@ -7,10 +7,26 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from dse.assignment import targetable_layers
+from dse.assignment import layer_kind, targetable_layers
 from dse.exceptions import SearchSpaceError
 
-__all__ = ["check_layers", "resolve_groups"]
+__all__ = ["check_layers", "groups_by_kind", "resolve_groups"]
+
+# The order groups are listed in: the stem first, then the kinds of MobileNet/ResNet-style blocks.
+_KIND_ORDER = ("first_conv", "conv", "pointwise", "depthwise", "grouped", "linear")
+
+
+def groups_by_kind(model: nn.Module) -> dict[str, str]:
+    """Layer groups when a model config names none: the first convolution alone (it sees the raw
+    input and is often the most sensitive), then one group per :func:`dse.assignment.layer_kind`;
+    each an exact-name regex, so :func:`resolve_groups` reads them like a config's."""
+    members: dict[str, list[str]] = {}
+    for name, module in targetable_layers(model).items():
+        kind = layer_kind(module)
+        if kind != "linear" and "first_conv" not in members:
+            kind = "first_conv"
+        members.setdefault(kind, []).append(name)
+    return {kind: "|".join(map(re.escape, members[kind])) for kind in _KIND_ORDER if kind in members}
 
 
 def resolve_groups(

@@ -17,7 +17,7 @@ from dse.candidates.evaluation import Evaluator
 from dse.candidates.transform import apply_assignment
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
-from dse.cost.macs import LayerShape, layer_shapes
+from dse.cost.macs import LayerShape, layer_shapes, unemulated_shapes, warn_unemulated
 from dse.emulation import EmulationPath, calibrate_ranges
 
 __all__ = ["ENERGY_COMPONENTS", "CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
@@ -84,6 +84,9 @@ class CandidateEvaluator:
         self.energy_model = energy_model
         self.latency_model = latency_model
         self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
+        # float32 in every candidate, and priced so: a GRU holding most MACs must not vanish from the costs
+        self.unemulated: Mapping[str, LayerShape] = unemulated_shapes(model)
+        warn_unemulated(self.shapes, self.unemulated)
         self._ranges = activation_ranges  # None: measured on first use
 
     def on(self, evaluator: Evaluator) -> CandidateEvaluator:
@@ -112,14 +115,15 @@ class CandidateEvaluator:
         return self._ranges
 
     def cost_table(self, model: nn.Module, assignment: Assignment) -> pd.DataFrame:
-        energies = self.energy_model.estimate(model, self.shapes, assignment)
+        shapes = {**self.shapes, **self.unemulated}
+        energies = self.energy_model.estimate(model, shapes, assignment)
         latencies = (
-            self.latency_model.estimate(self.shapes, energies, assignment)
+            self.latency_model.estimate(shapes, energies, assignment)
             if self.latency_model
-            else {n: math.nan for n in self.shapes}
+            else {n: math.nan for n in shapes}
         )
         rows = []
-        for name, shape in self.shapes.items():
+        for name, shape in shapes.items():
             e = energies[name]
             rows.append(
                 {

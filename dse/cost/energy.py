@@ -208,10 +208,14 @@ class EnergyModel:
     def estimate(
         self, model: nn.Module, shapes: Mapping[str, LayerShape], assignment: Assignment
     ) -> dict[str, LayerEnergy]:
-        """Energy of every Conv2d/Linear layer of ``model`` under ``assignment``."""
+        """Energy of every layer of ``shapes`` under ``assignment``; a layer dse does not emulate (not a
+        Conv1d/Conv2d/Linear: :func:`dse.cost.macs.unemulated_shapes`) runs float32 in every candidate."""
         layers = targetable_layers(model)
         result = {}
         for name, shape in shapes.items():
+            if name not in layers:
+                result[name] = self.layer_energy(shape, FP32, FP32)
+                continue
             config = assignment.get(name, LayerConfig())
             multiplier = get_multiplier(config.multiplier) if config.multiplier else None
             w, a = self.weight_operand(layers[name], config), self.activation_operand(config)

@@ -1,21 +1,25 @@
 """Per-layer shapes and multiply-accumulate counts, measured by one forward pass.
 
-MACs of a Conv2d: output elements x (C_in / groups) x k_h x k_w; of a Linear:
-batch x in x out. Bias additions are not MACs. ``torch.utils.flop_counter``
-counts 2 FLOPs per MAC for the same layers (checked in tests).
+MACs of a convolution: output elements x (C_in / groups) x kernel elements (transposed: input elements
+x (C_out / groups) x kernel elements); of a Linear: batch x in x out; of a recurrent layer: per step,
+layer and direction, gates x hidden x (input + hidden) (+ hidden x proj for a projected LSTM); of
+multi-head attention: the four projections and the two L_q x L_k x E products. Bias additions are not
+MACs. ``torch.utils.flop_counter`` counts 2 FLOPs per MAC for the layers it sees (checked in tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from dse.assignment import TargetableLayer, targetable_layers
+from dse.assignment import layer_kind, targetable_layers, unemulated_layers
 
-__all__ = ["LayerShape", "layer_shapes"]
+__all__ = ["LayerShape", "layer_shapes", "unemulated_shapes", "warn_unemulated"]
 
 
 @dataclass(frozen=True)
@@ -23,43 +27,76 @@ class LayerShape:
     """What the cost model needs to know about one layer, for one input image."""
 
     name: str
-    kind: str  # "conv", "depthwise", "pointwise", "linear"
+    kind: str  # dse.assignment.layer_kind; an unemulated layer: its class name (GRU, Conv3d, ...)
     macs: int
     weight_numel: int
     input_numel: int
     output_numel: int
 
 
-def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    assert isinstance(module, nn.Conv2d)
-    if module.groups > 1 and module.groups == module.in_channels:
-        return "depthwise"
-    return "pointwise" if module.kernel_size == (1, 1) else "conv"
+def _first_tensor(value: Any) -> torch.Tensor:
+    while isinstance(value, (tuple, list)):
+        value = value[0]
+    assert isinstance(value, torch.Tensor)
+    return value
 
 
-def layer_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, LayerShape]:
-    """Run one image of ``input_shape`` through ``model`` and record each Conv2d/Linear."""
-    layers = targetable_layers(model)
+def _recurrent_macs(module: nn.RNNBase, output: torch.Tensor) -> int:
+    gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+    directions = 2 if module.bidirectional else 1
+    out_size = module.proj_size or module.hidden_size
+    steps = output.numel() // (directions * out_size)  # batch x sequence length
+    per_step = 0
+    for layer in range(module.num_layers):
+        inputs = module.input_size if layer == 0 else out_size * directions
+        per_direction = gates * module.hidden_size * (inputs + out_size)
+        if module.proj_size:
+            per_direction += module.hidden_size * module.proj_size
+        per_step += directions * per_direction
+    return steps * per_step
+
+
+def _attention_macs(module: nn.MultiheadAttention, inputs: tuple[torch.Tensor, ...]) -> int:
+    query, key = inputs[0], inputs[1]
+    batch = 1 if query.dim() == 2 else query.shape[0 if module.batch_first else 1]
+    q_tokens, k_tokens = query.numel() // module.embed_dim, key.numel() // module.kdim  # batch x length
+    e = module.embed_dim
+    projections = q_tokens * e * e + k_tokens * (module.kdim + module.vdim) * e + q_tokens * e * e
+    return projections + 2 * (q_tokens * k_tokens // batch) * e
+
+
+def _macs(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> int:
+    if isinstance(module, nn.RNNBase):
+        return _recurrent_macs(module, output)
+    if isinstance(module, nn.MultiheadAttention):
+        return _attention_macs(module, inputs)
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return _first_tensor(inputs).numel() * weight[0].numel()
+    return output.numel() * weight[0].numel()  # (C_in/groups) * kernel elements, or in_features
+
+
+def _record(
+    modules: dict[str, nn.Module], model: nn.Module, input_shape: tuple[int, ...], kind: Callable[[nn.Module], str]
+) -> dict[str, LayerShape]:
     shapes: dict[str, LayerShape] = {}
 
-    def hook(name: str, module: TargetableLayer) -> Callable[..., None]:
-        def record(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            weight = module.weight
-            per_output = weight[0].numel()  # (C_in/groups) * kh * kw, or in_features
+    def hook(name: str, module: nn.Module) -> Callable[..., None]:
+        def record(_: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            out = _first_tensor(output)
             shapes[name] = LayerShape(
                 name=name,
-                kind=_kind(module),
-                macs=output.numel() * per_output,
-                weight_numel=weight.numel(),
-                input_numel=inputs[0].numel(),
-                output_numel=output.numel(),
+                kind=kind(module),
+                macs=_macs(module, inputs, out),
+                weight_numel=sum(p.numel() for p in module.parameters()),
+                input_numel=_first_tensor(inputs).numel(),
+                output_numel=out.numel(),
             )
 
         return record
 
-    handles = [m.register_forward_hook(hook(n, m)) for n, m in layers.items()]
+    handles = [m.register_forward_hook(hook(n, m)) for n, m in modules.items()]
     was_training = model.training
     try:
         model.eval()
@@ -70,4 +107,28 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
         model.train(was_training)
         for h in handles:
             h.remove()
-    return {name: shapes[name] for name in layers if name in shapes}
+    return {name: shapes[name] for name in modules if name in shapes}
+
+
+def layer_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, LayerShape]:
+    """Run one image of ``input_shape`` through ``model`` and record each Conv1d/Conv2d/Linear."""
+    return _record(dict(targetable_layers(model)), model, input_shape, layer_kind)
+
+
+def unemulated_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, LayerShape]:
+    """The same record for the layers dse cannot emulate (:func:`dse.assignment.unemulated_layers`)."""
+    return _record(unemulated_layers(model), model, input_shape, lambda m: type(m).__name__)
+
+
+def warn_unemulated(searched: Mapping[str, LayerShape], unemulated: Mapping[str, LayerShape]) -> None:
+    """Name the layers no assignment changes, with their share of the model's MACs: a search over the rest
+    cannot move that share, and the user must know before reading a front."""
+    if not unemulated:
+        return
+    total = sum(s.macs for s in searched.values()) + sum(s.macs for s in unemulated.values())
+    listed = ", ".join(f"{n} ({s.kind}, {100 * s.macs / max(total, 1):.1f}% of MACs)" for n, s in unemulated.items())
+    warnings.warn(
+        f"dse does not emulate {len(unemulated)} layer(s): {listed}. They run float32 in every candidate and are "
+        "priced as float32 layers; only Conv1d, Conv2d and Linear layers take decimal places, formats or multipliers.",
+        stacklevel=2,
+    )

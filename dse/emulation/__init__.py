@@ -16,10 +16,11 @@ from .calibration import calibrate_ranges
 from .emulated import EmulatedLayer
 from .error_model import fit_error_models, use_error_model
 from .error_stats import LayerErrorModel
-from .layers import ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer, training_memory_format
+from .layers import ApproxConv1d, ApproxConv2d, ApproxLinear, EmulationPath, approximate_layer, training_memory_format
 from .reference import lut_conv2d_reference, lut_linear_reference
 
 __all__ = [
+    "ApproxConv1d",
     "ApproxConv2d",
     "ApproxLinear",
     "EmulatedLayer",

@@ -1,4 +1,4 @@
-"""Drop-in Conv2d and Linear layers whose products come from a multiplier.
+"""Drop-in Conv1d, Conv2d and Linear layers whose products come from a multiplier.
 
 Activations and weights are quantized to the multiplier's operand width
 (signed: symmetric; unsigned: affine with zero points), every product is the
@@ -26,7 +26,14 @@ from dse.multipliers import Multiplier
 
 from .emulated import EmulatedLayer, EmulationPath
 
-__all__ = ["ApproxConv2d", "ApproxLinear", "EmulationPath", "approximate_layer", "training_memory_format"]
+__all__ = [
+    "ApproxConv1d",
+    "ApproxConv2d",
+    "ApproxLinear",
+    "EmulationPath",
+    "approximate_layer",
+    "training_memory_format",
+]
 
 
 class ApproxConv2d(EmulatedLayer, nn.Conv2d):
@@ -140,6 +147,63 @@ class ApproxConv2d(EmulatedLayer, nn.Conv2d):
         return self._finish(acc, x_sum, zero, scale, w, tuple(acc.shape))
 
 
+class ApproxConv1d(ApproxConv2d):
+    """A Conv1d whose products come from ``multiplier``: run as a Conv2d of height 1 (the same products, sums
+    and bits); its state_dict holds the Conv1d's 3-d weight, so a Conv1d state_dict loads and saves as is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._register_state_dict_hook(_squeeze_height)
+
+    @classmethod
+    def from_conv1d(
+        cls,
+        conv: nn.Conv1d,
+        multiplier: Multiplier | str,
+        path: EmulationPath = "auto",
+        per_channel: bool = True,
+        name: str = "",
+        bits: int | None = None,
+        signed: bool | None = None,
+    ) -> ApproxConv1d:
+        if isinstance(conv.padding, str):
+            raise ConfigError(f"Layer {name!r}: only numeric zero padding is emulated, got {conv.padding!r}.")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            (1, conv.kernel_size[0]),
+            (1, conv.stride[0]),
+            (0, conv.padding[0]),
+            (1, conv.dilation[0]),
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            multiplier=multiplier,
+            path=path,
+            per_channel=per_channel,
+            name=name,
+            bits=bits,
+            signed=signed,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        layer.load_state_dict(conv.state_dict(), strict=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, super().forward(x.unsqueeze(-2))).squeeze(-2)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None and weight.dim() == 3:  # a Conv1d's (out, in/groups, k)
+            state_dict = {**state_dict, prefix + "weight": weight.unsqueeze(2)}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _squeeze_height(module: nn.Module, state_dict: dict[str, Any], prefix: str, _: Any) -> None:
+    state_dict[prefix + "weight"] = state_dict[prefix + "weight"].squeeze(2)
+
+
 class ApproxLinear(EmulatedLayer, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, Conv2d.bias as Tensor | None
     """A Linear layer whose products come from ``multiplier``."""
 
@@ -235,16 +299,18 @@ def approximate_layer(
     name: str = "",
     bits: int | None = None,
     signed: bool | None = None,
-) -> ApproxConv2d | ApproxLinear:
-    """The emulated twin of a Conv2d or Linear (same weights, same state_dict keys + act_range).
+) -> ApproxConv1d | ApproxConv2d | ApproxLinear:
+    """The emulated twin of a Conv1d, Conv2d or Linear (same weights, same state_dict keys + act_range).
 
     ``bits``/``signed``, when given, must match the multiplier's operands (else a ConfigError).
     """
+    if isinstance(module, nn.Conv1d):
+        return ApproxConv1d.from_conv1d(module, multiplier, path, per_channel, name, bits, signed)
     if isinstance(module, nn.Conv2d):
         return ApproxConv2d.from_conv(module, multiplier, path, per_channel, name, bits, signed)
     if isinstance(module, nn.Linear):
         return ApproxLinear.from_linear(module, multiplier, path, per_channel, name, bits, signed)
-    raise ConfigError(f"Layer {name!r} is a {type(module).__name__}; only Conv2d and Linear take a multiplier.")
+    raise ConfigError(f"Layer {name!r} is a {type(module).__name__}; only Conv1d, Conv2d and Linear take a multiplier.")
 
 
 def training_memory_format(net: nn.Module) -> torch.memory_format:
