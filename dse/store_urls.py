@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["SQLITE_PREFIX", "absolute_sqlite_url", "retry_on_race"]
+__all__ = ["SQLITE_PREFIX", "absolute_sqlite_url", "is_write_race", "retry_on_race"]
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +32,21 @@ def absolute_sqlite_url(url: str) -> str:
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"{SQLITE_PREFIX}{path}"
+
+
+# What a store says when two writers met: a row or table the other just created, or SQLite's writer lock.
+_RACE_MESSAGES = (
+    "UNIQUE constraint",
+    "duplicate key",
+    "already exists",
+    "database is locked",
+    "RESOURCE_ALREADY_EXISTS",
+)
+
+
+def is_write_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another writer's doing (worth a retry), not a broken or unreachable store."""
+    return any(m in str(exc) for m in _RACE_MESSAGES)
 
 
 def retry_on_race(fn: Callable[[], T], is_race: Callable[[Exception], bool], attempts: int = 5) -> T:

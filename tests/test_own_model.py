@@ -75,7 +75,11 @@ def _with_running_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     ("model_args", "space", "groups"),
     [
         (["model=torchvision", "model.arch=resnet18"], "decimal_places_group", {"first_conv", "conv", "pointwise"}),
-        (["model=custom", "model.builder._target_=my_net.MyNet"], "multipliers_group", {"first_conv", "conv", "pointwise"}),
+        (
+            ["model=custom", "model.builder._target_=my_net.MyNet"],
+            "multipliers_group",
+            {"first_conv", "conv", "pointwise"},
+        ),
     ],
     ids=["torchvision_resnet18_decimals", "own_module_multipliers"],
 )

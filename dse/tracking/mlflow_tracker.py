@@ -15,6 +15,8 @@ import json
 import logging
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -25,12 +27,12 @@ from mlflow.entities import Metric, Param
 
 from dse.exceptions import ConfigError
 from dse.objectives import Objective
-from dse.store_urls import SQLITE_PREFIX, absolute_sqlite_url, retry_on_race
+from dse.store_urls import SQLITE_PREFIX, absolute_sqlite_url, is_write_race, retry_on_race
 from dse.tracking.heatmap import plot_front_heatmap
 from dse.tracking.pareto import front_table, plot_front_html, plot_front_png, trials_table
 from dse.tracking.summary import study_summary
 
-__all__ = ["UI_VIEW", "MlflowTracker"]
+__all__ = ["UI_VIEW", "MlflowTracker", "check_server"]
 
 # MLflow 3's UI opens an experiment in its GenAI view (traces, prompts) unless told otherwise: the experiment
 # is marked as model development (read by UIs that honour the tag), and dse's links ask for the run table's view.
@@ -61,6 +63,36 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_STORE_HINT = (
+    "Move a damaged store file aside (a new one is created), point tracking.tracking_uri at a working store, "
+    "or run without MLflow: tracking=none (the study keeps every trial)."
+)
+SERVER_TIMEOUT_S = 5.0
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_server(tracking_uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Ask an MLflow server for ``/health`` once, within ``timeout_s``: the MLflow client would retry a refused
+    connection for minutes per call. Any HTTP answer (even 401) means a server is there."""
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:  # refused, unresolvable, timed out; a malformed URL
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"No MLflow tracking server answers at {tracking_uri} ({reason}; asked {url} for {timeout_s:.0f} s). "
+            "Start it (mlflow server --host 127.0.0.1 --port 5000) or set tracking.tracking_uri / MLFLOW_TRACKING_URI "
+            "to where it runs; or track locally: tracking=mlflow_local, or not at all: tracking=none."
+        ) from exc
 
 
 def _chunks(items: list, size: int = 100) -> list[list]:
@@ -101,13 +133,17 @@ class MlflowTracker:
                 self.client.set_experiment_tag(found.experiment_id, _KIND_TAG, _MODEL_TRAINING[_KIND_TAG])
             return found.experiment_id
 
+        if tracking_uri.startswith(("http://", "https://")):
+            check_server(tracking_uri)
         # Workers started together race to create the store's tables and the experiment:
         # migrations of one SQLite file must not run twice at once (they corrupt the schema).
         with _store_lock(tracking_uri):
             try:
-                self.experiment_id = retry_on_race(experiment_id, lambda exc: True)
+                self.experiment_id = retry_on_race(experiment_id, is_write_race)
             except Exception as exc:
-                raise ConfigError(f"Cannot reach the MLflow tracking store {tracking_uri!r}: {exc}") from exc
+                raise ConfigError(
+                    f"Cannot use the MLflow tracking store {tracking_uri!r}: {_first_line(exc)}. {_STORE_HINT}"
+                ) from exc
         self.parent_run_id: str | None = None
         self._pareto_tags: dict[str, bool] = {}  # run id -> the pareto tag last set
 
@@ -359,7 +395,7 @@ class MlflowTracker:
                 # (UNIQUE constraint failed); the retry finds the row and updates it
                 retry_on_race(
                     functools.partial(self.client.set_tag, run_id, "pareto", "true" if on else "false"),
-                    lambda exc: "UNIQUE constraint" in str(exc) or "duplicate key" in str(exc),
+                    is_write_race,
                 )
                 self._pareto_tags[run_id] = on
 

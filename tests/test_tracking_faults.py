@@ -1,0 +1,109 @@
+"""A tracking store that cannot be used stops the search at once with one line that says which and what to
+do: an MLflow server nobody answers at, one that accepts and never answers, a damaged ``mlflow.db``. Only a
+real write race is retried."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from dse.exceptions import ConfigError
+from dse.store_urls import is_write_race, retry_on_race
+from dse.tracking.mlflow_tracker import MlflowTracker, check_server
+from tests.conftest import FAST, run_module
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield int(s.getsockname()[1])
+
+
+def test_a_refused_server_fails_at_once_naming_the_uri_and_the_alternatives(closed_port: int) -> None:
+    uri = f"http://127.0.0.1:{closed_port}"
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        MlflowTracker(uri)
+    assert time.monotonic() - start < 5  # refused: no waiting at all, no retries
+    text = str(error.value)
+    assert uri in text and "tracking=mlflow_local" in text and "tracking=none" in text
+
+
+def test_a_server_that_never_answers_fails_after_the_timeout(silent_server: int) -> None:
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="timed out"):
+        check_server(f"http://127.0.0.1:{silent_server}", timeout_s=1.0)
+    assert time.monotonic() - start < 4  # one call, the timeout given: not MLflow's retries for minutes
+
+
+@pytest.mark.slow
+def test_the_search_stops_on_an_unreachable_server_with_one_line_and_exit_2(workdir: Path, closed_port: int) -> None:
+    start = time.monotonic()
+    run = run_module(
+        workdir,
+        "dse.search",
+        "study=quickstart",
+        "tracking=mlflow_server",
+        f"tracking.tracking_uri=http://127.0.0.1:{closed_port}",
+        "storage.url=sqlite:///optuna.db",
+        *FAST,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert run.returncode == 2, run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert f"No MLflow tracking server answers at http://127.0.0.1:{closed_port}" in log
+    assert "Another worker" not in log and "Traceback" not in log
+    assert elapsed < 90, elapsed  # the process's imports and data, not minutes of retries (seconds, measured: ~12)
+    assert optuna.load_study(study_name="quickstart", storage="sqlite:///optuna.db").trials == []  # nothing evaluated
+
+
+@pytest.mark.slow
+def test_a_damaged_mlflow_db_gets_one_clear_line_and_is_left_as_it_was(workdir: Path) -> None:
+    store = workdir / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    store.write_bytes(b"not a database, " * 64)
+    run = run_module(workdir, "dse.search", "study=quickstart", "storage.url=sqlite:///optuna.db", *FAST, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert f"Cannot use the MLflow tracking store 'sqlite:///{store}'" in log and "file is not a database" in log
+    assert "Move a damaged store file aside" in log and "tracking=none" in log
+    assert "Another worker" not in log and "Traceback" not in log
+    assert store.read_bytes() == b"not a database, " * 64
+
+
+def test_only_a_write_race_is_retried() -> None:
+    calls: list[int] = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("Connection refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        retry_on_race(refused, is_write_race)
+    assert len(calls) == 1
+
+    def raced_once() -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid")
+        return "written"
+
+    assert retry_on_race(raced_once, is_write_race) == "written" and len(calls) == 3
+    assert not is_write_race(RuntimeError("(sqlite3.DatabaseError) file is not a database"))
