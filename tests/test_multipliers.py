@@ -120,6 +120,29 @@ def test_own_table_by_path(tmp_path) -> None:
         get_multiplier(f"{tmp_path / 'luts.npz'}:other")
 
 
+def test_a_tables_signedness_comes_from_its_values_not_its_name(tmp_path) -> None:
+    """The shipped mul8s_1KV9 saved under a name without ``8s_`` is still signed (read as unsigned it scores
+    chance), an unsigned table named like a signed one is unsigned, and a declaration that contradicts the
+    values, or a table that fits neither reading, is refused with how to declare it."""
+    signed_table, unsigned_table = get_multiplier("mul8s_1KV9").table(), get_multiplier("mul8u_1SX").table()
+    np.savez(tmp_path / "luts.npz", mine=signed_table, mul8s_trick=unsigned_table)
+    mine = get_multiplier(f"{tmp_path / 'luts.npz'}:mine")
+    assert mine.signed and np.array_equal(mine.table(), signed_table)
+    assert mine.error_stats().mae == pytest.approx(get_multiplier("mul8s_1KV9").error_stats().mae)
+    assert not get_multiplier(f"{tmp_path / 'luts.npz'}:mul8s_trick").signed
+    (tmp_path / "flat").mkdir()
+    np.savez(tmp_path / "flat" / "luts.npz", flat=np.zeros((256, 256), np.int32))
+    with pytest.raises(ConfigError, match=r"'flat': its signedness cannot be told.*metrics.csv.*name,signedness"):
+        get_multiplier(f"{tmp_path / 'flat' / 'luts.npz'}:flat")
+    (tmp_path / "flat" / "metrics.csv").write_text("name,signedness\nflat,unsigned\n")
+    assert not get_multiplier(f"{tmp_path / 'flat' / 'luts.npz'}:flat").signed  # declared: taken as said
+    (tmp_path / "declared").mkdir()  # another file: get_multiplier caches a name once loaded
+    np.savez(tmp_path / "declared" / "luts.npz", mine=signed_table)
+    (tmp_path / "declared" / "metrics.csv").write_text("name,signedness\nmine,unsigned\n")
+    with pytest.raises(ConfigError, match=r"'mine' is declared unsigned, but its values follow signed products"):
+        get_multiplier(f"{tmp_path / 'declared' / 'luts.npz'}:mine")
+
+
 @pytest.mark.parametrize(
     ("lut", "message"),
     [

@@ -12,7 +12,12 @@ from dse.exceptions import ConfigError
 
 from ._base import Multiplier, check_bits, operand_values
 
-__all__ = ["EVOAPPROX_DIR", "LutMultiplier", "load_lut_library"]
+__all__ = ["EVOAPPROX_DIR", "LutMultiplier", "load_lut_library", "table_signedness"]
+
+_DECLARE = (
+    "Declare it in a metrics.csv beside the table file, columns name,signedness (signed: operands indexed by "
+    "their two's-complement byte, value & 0xFF; unsigned: 0..2^bits-1)."
+)
 
 EVOAPPROX_DIR = Path(__file__).resolve().parent / "data"
 
@@ -88,8 +93,9 @@ class LutMultiplier(Multiplier):
 def load_lut_library(npz: str | Path, metrics_csv: str | Path | None = None) -> dict[str, LutMultiplier]:
     """All tables of an EvoApprox-layout library, with metrics and power ratios attached.
 
-    Signedness comes from the ``signedness`` column, else from the name (``mul8s_`` signed).
-    The exact circuit of each signedness (zero error) is the power reference.
+    Signedness comes from the ``signedness`` column, else from the table's own values
+    (:func:`table_signedness`), never from its name. The exact circuit of each signedness (zero error)
+    is the power reference.
     """
     npz, rows = Path(npz), {}
     if not npz.is_file():
@@ -100,10 +106,7 @@ def load_lut_library(npz: str | Path, metrics_csv: str | Path | None = None) -> 
     with np.load(npz) as data:
         tables = {k: data[k] for k in data.files}
     result: dict[str, LutMultiplier] = {}
-    signed_of = {
-        k: rows.get(k, {}).get("signedness", "signed" if "8s_" in k or k.endswith("_s") else "unsigned") == "signed"
-        for k in tables
-    }
+    signed_of = {k: table_signedness(k, lut, rows.get(k, {}).get("signedness") or None) for k, lut in tables.items()}
     exact_power: dict[bool, float] = {}
     for k, lut in tables.items():
         v = operand_values(int(lut.shape[0]).bit_length() - 1, signed_of[k]) if lut.ndim == 2 else None
@@ -115,3 +118,38 @@ def load_lut_library(npz: str | Path, metrics_csv: str | Path | None = None) -> 
             name=k, lut=lut, signed=signed_of[k], metrics=rows.get(k, {}), exact_power_mw=exact_power.get(signed_of[k])
         )
     return result
+
+
+def _relative_error(lut: np.ndarray, signed: bool) -> float:
+    """Mean |table - exact product| / mean |exact product|, the table read with ``signed`` operands."""
+    values = operand_values(int(lut.shape[0]).bit_length() - 1, signed)
+    exact = np.outer(values, values).astype(np.float64)
+    return float(np.abs(lut.astype(np.float64) - exact).mean() / np.abs(exact).mean())
+
+
+def table_signedness(name: str, lut: np.ndarray, declared: str | None = None) -> bool:
+    """Whether table ``name`` multiplies signed operands: as ``declared`` (``signed``/``unsigned``) if given,
+    else the reading whose products the values follow (an approximate circuit is near one and far from the
+    other); a table that fits neither reading clearly is refused with how to declare it."""
+    lut = np.asarray(lut)
+    square = lut.ndim == 2 and lut.shape[0] == lut.shape[1] >= 4 and not lut.shape[0] & (lut.shape[0] - 1)
+    if not square or not np.issubdtype(lut.dtype, np.integer):
+        return declared == "signed"  # LutMultiplier refuses shape and dtype, with its own message
+    if declared is not None and declared not in ("signed", "unsigned"):
+        raise ConfigError(f"Multiplier table {name!r}: signedness {declared!r} is neither signed nor unsigned.")
+    error = {True: _relative_error(lut, True), False: _relative_error(lut, False)}
+    best = min(error, key=lambda signed: error[signed])
+    clear = error[best] < 0.75 and error[not best] > 1.5 * error[best]  # the coarsest shipped: 0.49 vs 1.0
+    readings = f"mean relative error {error[True]:.3g} read as signed, {error[False]:.3g} as unsigned"
+    if declared is not None:
+        if clear and (declared == "signed") != best:
+            raise ConfigError(
+                f"Multiplier table {name!r} is declared {declared}, but its values follow "
+                f"{'signed' if best else 'unsigned'} products ({readings}). Fix its signedness in metrics.csv."
+            )
+        return declared == "signed"
+    if not clear:
+        raise ConfigError(
+            f"Multiplier table {name!r}: its signedness cannot be told from its values ({readings}). {_DECLARE}"
+        )
+    return best
