@@ -4,11 +4,13 @@ real write race is retried."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 
@@ -107,3 +109,62 @@ def test_only_a_write_race_is_retried() -> None:
 
     assert retry_on_race(raced_once, is_write_race) == "written" and len(calls) == 3
     assert not is_write_race(RuntimeError("(sqlite3.DatabaseError) file is not a database"))
+
+
+def _trial_runs(tracking_uri: str, parent: str) -> int:
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("dse")
+    return len(client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"))
+
+
+@pytest.mark.slow
+def test_a_lost_optuna_database_starts_a_new_parent_run_and_keeps_the_old_one(workdir: Path) -> None:
+    """The study's database is deleted and the search run again: the old parent run (the lost study's
+    trials) is kept and retired, the new study gets its own parent; no parent holds trials of two studies."""
+    args = ["study=quickstart", "storage.url=sqlite:///optuna.db", "study.n_trials=2", *FAST]
+    assert run_module(workdir, "dse.search", *args).returncode == 0
+    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
+    first = optuna.load_study(study_name="quickstart", storage="sqlite:///optuna.db").user_attrs["mlflow_parent_run_id"]
+    assert _trial_runs(uri, first) == 2
+    (workdir / "optuna.db").unlink()
+    run = run_module(workdir, "dse.search", *args)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Optuna database was lost or replaced" in run.stdout + run.stderr
+    second = optuna.load_study(study_name="quickstart", storage="sqlite:///optuna.db").user_attrs[
+        "mlflow_parent_run_id"
+    ]
+    assert second != first
+    assert _trial_runs(uri, first) == 2 and _trial_runs(uri, second) == 2
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(first).data.tags["dse_role"] == "parent_of_a_lost_study"
+    assert client.get_run(second).data.tags["dse_role"] == "parent"
+    assert run_module(workdir, "dse.search", *args, "study.n_trials=3").returncode == 0  # a resume keeps its parent
+    resumed = optuna.load_study(study_name="quickstart", storage="sqlite:///optuna.db")
+    assert resumed.user_attrs["mlflow_parent_run_id"] == second and _trial_runs(uri, second) == 3
+
+
+@pytest.mark.slow
+def test_a_copied_mlruns_folder_never_writes_into_the_originals_artifacts(workdir: Path) -> None:
+    original, copy = workdir / "original", workdir / "copy"
+    original.mkdir()
+    args = ["study=quickstart", "storage.url=sqlite:///optuna.db", "study.n_trials=1", *FAST]
+    assert run_module(original, "dse.search", *args).returncode == 0
+    shutil.copytree(original, copy)
+
+    def artifacts() -> dict[Path, bytes]:
+        files = (original / "mlruns" / "artifacts").rglob("*")
+        return {p.relative_to(original): p.read_bytes() for p in files if p.is_file()}
+
+    before = artifacts()
+    assert before  # the parent's front files and the trials' tables
+    run = run_module(copy, "dse.search", *args, "study.n_trials=2")
+    assert run.returncode == 2, run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert f"artifacts in {original / 'mlruns' / 'artifacts'}" in log and "the store was copied or moved" in log
+    assert "tracking.experiment=dse-" in log
+    run = run_module(copy, "dse.search", *args, "study.n_trials=2", "tracking.experiment=dse-copy")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert artifacts() == before  # not one file of the original's added or rewritten
+    client = mlflow.MlflowClient(f"sqlite:///{copy}/mlruns/mlflow.db")
+    location = client.get_experiment_by_name("dse-copy").artifact_location
+    assert location.startswith((copy / "mlruns" / "artifacts").as_uri())

@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ UI_VIEW = "?workflowType=machine_learning"
 
 _logger = logging.getLogger(__name__)
 _PARENT_ATTR = "mlflow_parent_run_id"
+_RETIRED_ROLE = "parent_of_a_lost_study"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
@@ -144,13 +146,50 @@ class MlflowTracker:
                 raise ConfigError(
                     f"Cannot use the MLflow tracking store {tracking_uri!r}: {_first_line(exc)}. {_STORE_HINT}"
                 ) from exc
+        if location and tracking_uri.startswith(SQLITE_PREFIX):
+            self._check_not_moved(location)
         self.parent_run_id: str | None = None
         self._pareto_tags: dict[str, bool] = {}  # run id -> the pareto tag last set
+
+    def _check_not_moved(self, configured: str) -> None:
+        """MLflow stores an experiment's artifact folder as an absolute path: a copied or moved store would
+        write its new runs' files into the original's folder. Refuse that, saying how to keep them apart."""
+        actual = self.client.get_experiment(self.experiment_id).artifact_location
+        if actual == configured or not actual.startswith("file:"):
+            return
+        store_dir = Path(self.tracking_uri.removeprefix(SQLITE_PREFIX)).parent
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlparse(actual).path))
+        if folder.is_relative_to(store_dir):
+            return
+        raise ConfigError(
+            f"The MLflow store {self.tracking_uri} keeps experiment {self.experiment!r}'s artifacts in {folder}, "
+            f"outside its folder {store_dir}: the store was copied or moved, and new runs would write into that "
+            f"folder. Track into a new experiment, whose artifacts stay beside this store: "
+            f"tracking.experiment={self.experiment}-{store_dir.parent.name or 'copy'}; or use the original store."
+        )
 
     # -- parent run -------------------------------------------------------------------
     def open_parent(self, study: optuna.Study, params: Mapping[str, object]) -> str:
         """Create the study's parent run, or re-open the one recorded in the study."""
-        run_id = study.user_attrs.get(_PARENT_ATTR) or self._earliest_parent(study.study_name)
+        run_id = study.user_attrs.get(_PARENT_ATTR)
+        if run_id is not None and self._experiment_of(run_id) not in (None, self.experiment_id):
+            # the study was tracked into another experiment (or a copied store's original): its parent here, if any
+            run_id = self._earliest_parent(study.study_name)
+        elif run_id is None:  # a new study, or workers starting it together: join a parent created moments ago
+            run_id = self._earliest_parent(study.study_name)
+            if run_id is not None and self._has_trial_runs(run_id):
+                # trial runs under it, yet this study never recorded it: the study that made it is gone (a lost,
+                # emptied or replaced database). Its runs stay; it leaves the lookups, and this study starts anew.
+                self.client.set_tag(run_id, "dse_role", _RETIRED_ROLE)
+                _logger.warning(
+                    "MLflow parent run %s of a study named %r holds trial runs this study does not know (its "
+                    "Optuna database was lost or replaced); it is kept, tagged dse_role=%s, and this study "
+                    "gets a new parent run.",
+                    run_id,
+                    study.study_name,
+                    _RETIRED_ROLE,
+                )
+                run_id = None
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
@@ -188,10 +227,22 @@ class MlflowTracker:
             max_results=1000,
         )
         for run in runs:
-            if run.info.run_id != parent:
+            if run.info.run_id != parent and not self._has_trial_runs(run.info.run_id):
                 with contextlib.suppress(mlflow.exceptions.MlflowException):  # another worker deleted it first
                     self.client.delete_run(run.info.run_id)
                     _logger.info("Deleted parent run %s of a worker that died creating it", run.info.run_id)
+
+    def _experiment_of(self, run_id: str) -> str | None:
+        try:
+            return str(self.client.get_run(run_id).info.experiment_id)
+        except mlflow.exceptions.MlflowException:  # gone: open_parent says so and creates a new one
+            return None
+
+    def _has_trial_runs(self, parent: str) -> bool:
+        children = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=1
+        )
+        return bool(children)
 
     def _earliest_parent(self, study_name: str) -> str | None:
         runs = self.client.search_runs(
