@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -14,7 +19,14 @@ from omegaconf import DictConfig
 from dse.exceptions import DSEError
 from dse.worker.signals import Interrupted
 
-__all__ = ["full_tracebacks_hint", "run_command"]
+__all__ = ["full_tracebacks_hint", "run_command", "unwritable_folder", "writable_run_dir"]
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_ELSEWHERE = (
+    "Run from a writable directory, or point what dse writes elsewhere: hydra.run.dir=/writable/outputs "
+    "storage.url=sqlite:////writable/optuna.db tracking.tracking_uri=sqlite:////writable/mlruns/mlflow.db "
+    "tracking.artifact_location=/writable/mlruns/artifacts (or tracking=none)."
+)
 
 _logger = logging.getLogger("dse")
 
@@ -82,7 +94,49 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bo
     except DSEError as exc:
         _logger.error("%s", exc)
         raise SystemExit(2) from None
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        _logger.error("Cannot write %s (%s). %s", exc.filename or "a file", exc.strerror, _ELSEWHERE)
+        raise SystemExit(2) from None
     except Interrupted as exc:
         if not exc.reported:
             _logger.warning("Interrupted by %s before anything was computed.", exc)
         raise SystemExit(exc.exit_code) from None
+
+
+def unwritable_folder(folder: Path) -> OSError | None:
+    """Why a file cannot be created in ``folder`` (its nearest existing ancestor), or None if one can: a real
+    write, not the mode bits (root ignores those, a read-only mount does not)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc
+
+
+def writable_run_dir(main: Callable[[], Any]) -> Callable[[], Any]:
+    """Wrap a ``@hydra.main`` function: Hydra creates its run folder (``outputs/...``, or ``hydra.run.dir=``)
+    before dse runs, and a read-only working directory ends there in three chained tracebacks. One line
+    instead, naming the directory and the overrides that point elsewhere; exit 2."""
+
+    @functools.wraps(main)
+    def checked() -> Any:
+        args = sys.argv[1:]
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args):
+            _check_run_dir(args)
+        return main()
+
+    return checked
+
+
+def _check_run_dir(args: Sequence[str]) -> None:
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    folder = Path(given[0]) if given else Path.cwd()
+    problem = unwritable_folder(folder)
+    if problem is not None:
+        print(f"Cannot write in {folder.absolute()} ({problem.strerror}). {_ELSEWHERE}", file=sys.stderr)
+        raise SystemExit(2)

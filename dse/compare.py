@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from dse.assignment import BASELINE_KEY
-from dse.cli import run_command
+from dse.cli import run_command, writable_run_dir
 from dse.config_building import build_tracker
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
@@ -184,6 +184,7 @@ def run_compare(cfg: DictConfig) -> Comparison:
     return Comparison(comparison.summary, comparison.points, comparison.reference, run_id or None)
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
 def main(cfg: DictConfig) -> None:
     run_command(run_compare, cfg)

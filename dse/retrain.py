@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from dse.assignment import Assignment, LayerConfig, assignment_key, check_layer_names
 from dse.candidates.retraining import RetrainResult, retrain_candidate
-from dse.cli import run_command
+from dse.cli import run_command, writable_run_dir
 from dse.config_building import (
     build_tracker,
     build_trained_model,
@@ -97,6 +97,7 @@ def run_retrain(cfg: DictConfig) -> RetrainResult:
     return result
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="retrain")
 def main(cfg: DictConfig) -> None:
     run_command(run_retrain, cfg)

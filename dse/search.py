@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
-from dse.cli import full_tracebacks_hint, run_command
+from dse.cli import full_tracebacks_hint, run_command, writable_run_dir
 from dse.config_building import (
     build_sampler,
     build_tracker,
@@ -306,6 +306,7 @@ def _publish_retrained(study: optuna.Study, tracker: Tracker) -> None:
         tracker.log_parent_file(path, artifact_path="pareto")
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     run_command(run_search, cfg)

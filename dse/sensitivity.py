@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from dse.assignment import LayerConfig
-from dse.cli import run_command
+from dse.cli import run_command, writable_run_dir
 from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, model_layer_groups
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError
@@ -116,6 +116,7 @@ def run_sensitivity(cfg: DictConfig) -> pd.DataFrame:
     return table
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
     run_command(run_sensitivity, cfg)

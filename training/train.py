@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from dse.cli import run_command
+from dse.cli import run_command, writable_run_dir
 from dse.config_paths import CONFIG_DIR
 from dse.training.classifier import ImageClassifier
 from dse.training.weights import load_weights, save_weights
@@ -60,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     run_command(train, cfg, quiet=False)

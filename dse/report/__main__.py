@@ -6,11 +6,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dse.cli import run_command
+from dse.cli import run_command, writable_run_dir
 from dse.config_paths import CONFIG_DIR
 from dse.report import STAGES, ReportContext, run_report
 
 
+@writable_run_dir
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
     # the model, data and hardware overrides apply to the studies and benchmarks the stages run too
