@@ -14,8 +14,10 @@ Constraints are read through the public :attr:`optuna.trial.FrozenTrial.constrai
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Sequence
 from datetime import datetime
+from types import FrameType
 
 import numpy as np
 import optuna
@@ -24,6 +26,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.storages.journal._file import BaseJournalFileLock
+from optuna.study import _optimize, _tell
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
@@ -35,12 +38,33 @@ __all__ = [
     "is_feasible",
     "storage_of",
     "stored_trial",
+    "trial_bookkeeping_frame",
     "trial_id",
     "wfg_hypervolume",
 ]
 
 # The interface JournalFileBackend calls for its lock (not exported by Optuna).
 JournalFileLock = BaseJournalFileLock
+
+
+# optuna.study._optimize._run_trial tells the study a trial's result inside a try whose finally reads a variable
+# the try sets: a BaseException raised there (dse's Interrupted) is masked by an UnboundLocalError.
+_RUN_TRIAL, _TELL = _optimize._run_trial.__code__, _tell._tell_with_warning.__code__
+_source, _first = inspect.getsourcelines(_optimize._run_trial)
+_TELL_LINE = _first + next(i for i, line in enumerate(_source) if "_tell_with_warning(" in line)
+
+
+def trial_bookkeeping_frame(frame: FrameType | None) -> FrameType | None:
+    """Optuna's ``_run_trial`` frame when ``frame`` runs in its bookkeeping after the objective (telling the
+    study, logging the trial), else None: a signal landing there must wait until that frame returns."""
+    inner = None
+    while frame is not None:
+        if frame.f_code is _RUN_TRIAL:
+            in_tell = inner is not None and inner.f_code is _TELL
+            after_objective = inner is None and (frame.f_lineno or 0) >= _TELL_LINE - 1  # the try: line and on
+            return frame if in_tell or after_objective else None
+        inner, frame = frame, frame.f_back
+    return None
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

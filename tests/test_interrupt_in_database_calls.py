@@ -127,3 +127,34 @@ def test_outside_database_calls_the_signal_is_raised_where_it_lands() -> None:
         signal.raise_signal(signal.SIGINT)
         pytest.fail("the signal did not stop the block")
     assert stopped.value.exit_code == 130
+
+
+def test_a_signal_while_optuna_tells_a_finished_trial_stops_after_the_trial_is_recorded(
+    stores: tuple[MlflowClient, str, optuna.Study],
+) -> None:
+    """Raised inside Optuna's ``_tell_with_warning``, the interrupt was masked by Optuna's own
+    UnboundLocalError (its ``finally`` reads a variable the ``try`` never set): exit 1, not 143. This
+    was the flaky SIGTERM of test_worker_recovery under load."""
+    _, _, study = stores
+    objective_done: list[bool] = []
+    seen: list[bool] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        objective_done.append(True)  # the next database write is Optuna telling the result
+        return x
+
+    def signal_while_telling(*_args: object) -> None:
+        if objective_done and not seen:
+            seen.append(protected_call(inspect.currentframe()) is not None)
+            signal.raise_signal(signal.SIGTERM)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", signal_while_telling)
+    try:
+        with pytest.raises(Interrupted), stop_on_signals():
+            study.optimize(objective, n_trials=3)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", signal_while_telling)
+    assert seen == [True]
+    (trial,) = study.trials  # stopped before a second trial began, the first one told in full
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None

@@ -8,7 +8,9 @@ into ``sys.exit(1)`` and ignores every later Ctrl-C. A second signal kills the p
 at once (the default action), for when the clean stop itself hangs.
 
 A signal that lands inside a database call (MLflow's or Optuna's storage, SQLAlchemy, a
-driver) or inside a finalizer is held back until that call returns, and raised in its caller.
+driver) or inside a finalizer is held back until that call returns, and raised in its caller;
+inside Optuna's telling of a finished trial, until that trial's bookkeeping is done (raised
+there, it would be masked by an ``UnboundLocalError`` of Optuna's and exit 1, not 143).
 Raised inside SQLAlchemy, an exception that is not an ``Exception`` can leave a connection
 checked out with its write transaction open: SQLite's lock, held by that lost connection,
 then makes every write of the clean stop wait 20 s and fail with "database is locked".
@@ -25,6 +27,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any, NoReturn
+
+from dse.optuna_internals import trial_bookkeeping_frame
 
 __all__ = ["Interrupted", "protected_call", "stop_on_signals"]
 
@@ -55,7 +59,11 @@ def _in_finalizer(frame: FrameType) -> bool:
 
 
 def protected_call(frame: FrameType | None) -> FrameType | None:
-    """The outermost frame of a database call or finalizer that ``frame`` runs in, or None."""
+    """The outermost frame of a database call, a finalizer or Optuna's telling of a trial's result that
+    ``frame`` runs in, or None."""
+    bookkeeping = trial_bookkeeping_frame(frame)
+    if bookkeeping is not None:  # it encloses any database call under it
+        return bookkeeping
     outermost = None
     while frame is not None:
         if _in_database(frame) or _in_finalizer(frame):
