@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from dse.exceptions import DSEError
 from dse.worker.signals import Interrupted
 
-__all__ = ["full_tracebacks_hint", "run_command", "unwritable_folder", "writable_run_dir"]
+__all__ = ["dse_error_of", "full_tracebacks_hint", "run_command", "unwritable_folder", "writable_run_dir"]
 
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _ELSEWHERE = (
@@ -76,6 +76,13 @@ def full_tracebacks_hint() -> str:
     return f" Full tracebacks: {files[0]}." if files else ""
 
 
+def dse_error_of(exc: BaseException) -> DSEError | None:
+    """The DSEError behind ``exc`` (itself, or raised inside Hydra's instantiate), or None."""
+    if isinstance(exc, InstantiationException):
+        exc = exc.__cause__ or exc
+    return exc if isinstance(exc, DSEError) else None
+
+
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bool = True) -> Any:
     """Run ``command(cfg)``; a DSEError (even one raised inside Hydra's instantiate) becomes
     its one-paragraph message and exit status 2, with no traceback; a SIGINT/SIGTERM the
@@ -86,13 +93,11 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bo
     _tracebacks_to_the_log_file_only()
     try:
         return command(cfg)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, DSEError):
-            _logger.error("%s", exc.__cause__)
-            raise SystemExit(2) from None
-        raise
-    except DSEError as exc:
-        _logger.error("%s", exc)
+    except (DSEError, InstantiationException) as exc:
+        error = dse_error_of(exc)
+        if error is None:
+            raise
+        _logger.error("%s", error)
         raise SystemExit(2) from None
     except OSError as exc:
         if exc.errno not in _NOT_WRITABLE:

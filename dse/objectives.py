@@ -80,6 +80,15 @@ class MetricBound:
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ConfigError(f"study.constraints: {self.metric!r} has min {self.min} above max {self.max}.")
 
+    def broken(self, value: float) -> list[str]:
+        """What ``value`` breaks of this bound, said for a person ([] when inside it)."""
+        said = []
+        if self.max is not None and value > self.max:
+            said.append(f"{self.metric} = {value:.4g} above its bound {self.max:g} (study.constraints)")
+        if self.min is not None and value < self.min:
+            said.append(f"{self.metric} = {value:.4g} below its bound {self.min:g} (study.constraints)")
+        return said
+
     def violations(self, value: float) -> dict[str, float]:
         """Optuna's constraint values (feasible when <= 0), by name."""
         out = {}

@@ -22,6 +22,7 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from optuna.trial import FrozenTrial, TrialState
 
+from dse.cli import dse_error_of
 from dse.config_paths import CONFIG_DIR
 from dse.exceptions import ConfigError, DSEError
 from dse.objectives import Objective
@@ -204,13 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         study = load_studies(instantiate(cfg.storage), [str(cfg.study.name)], where)[str(cfg.study.name)]
         status = study_status(study, where, int(cfg.study.n_trials))
-    except DSEError as exc:
-        _logger.error("%s", exc)
-        return 2
-    except InstantiationException as exc:  # the storage refused inside Hydra's instantiate: its own message
-        if not isinstance(exc.__cause__, DSEError):
+    except (DSEError, InstantiationException) as exc:  # a storage refusing inside Hydra's instantiate too
+        error = dse_error_of(exc)
+        if error is None:
             raise
-        _logger.error("%s", exc.__cause__)
+        _logger.error("%s", error)
         return 2
     print(json.dumps(asdict(status), indent=2) if as_json else format_status(status))
     return 0

@@ -207,13 +207,6 @@ class TrialEvaluation:
 
     def _outside_cost_bounds(self, costs: dict[str, float]) -> str:
         """Which ``study.constraints`` on costs (known before any image) the assignment breaks; "" if none."""
-        broken = []
-        for bound in self.settings.constraints:
-            value = costs.get(bound.metric)
-            if value is None:
-                continue  # an accuracy bound: known only after evaluation
-            if bound.max is not None and value > bound.max:
-                broken.append(f"{bound.metric} = {value:.4g} above its bound {bound.max:g} (study.constraints)")
-            if bound.min is not None and value < bound.min:
-                broken.append(f"{bound.metric} = {value:.4g} below its bound {bound.min:g} (study.constraints)")
-        return "; ".join(broken)
+        # a bound on accuracy is known only after evaluation: only the cost model's metrics are checked here
+        known = [(bound, costs[bound.metric]) for bound in self.settings.constraints if bound.metric in costs]
+        return "; ".join(said for bound, value in known for said in bound.broken(value))
