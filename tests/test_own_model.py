@@ -176,6 +176,8 @@ def test_fold_batchnorm_is_the_default_and_can_be_turned_off(caplog: pytest.LogC
         kept = build_trained_model(compose_config(["model=tiny_cnn_cifar10", "model.fold_batchnorm=false"]).model)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in kept.modules()) == 7
     assert "BatchNorm layers stay float32" in caplog.text
+    # the same layers, MACs and weights priced: folding moves the normalisation into biases, which are free
+    assert layer_shapes(folded) == layer_shapes(kept)
 
 
 def test_without_layer_groups_layers_are_grouped_by_kind(caplog: pytest.LogCaptureFixture) -> None:

@@ -77,6 +77,15 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> i
     return output.numel() * weight[0].numel()  # (C_in/groups) * kernel elements, or in_features
 
 
+def _weight_numel(module: nn.Module) -> int:
+    """A conv's or linear's weight (biases are not priced: a folded BatchNorm's shift stays free); every
+    parameter of a layer dse does not emulate (a GRU's gates and biases)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(weight, torch.Tensor):
+        return weight.numel()
+    return sum(p.numel() for p in module.parameters())
+
+
 def _record(
     modules: dict[str, nn.Module], model: nn.Module, input_shape: tuple[int, ...], kind: Callable[[nn.Module], str]
 ) -> dict[str, LayerShape]:
@@ -89,7 +98,7 @@ def _record(
                 name=name,
                 kind=kind(module),
                 macs=_macs(module, inputs, out),
-                weight_numel=sum(p.numel() for p in module.parameters()),
+                weight_numel=_weight_numel(module),
                 input_numel=_first_tensor(inputs).numel(),
                 output_numel=out.numel(),
             )
