@@ -146,7 +146,7 @@ LAYERS = [
     ["dse.exceptions"],  # (and the package itself: its version)
     ["dse.numerics"],
     ["dse.multipliers"],
-    ["dse.assignment", "dse.objectives", "dse.store_urls", "dse.optuna_internals"],
+    ["dse.assignment", "dse.batchnorm_folding", "dse.objectives", "dse.store_urls", "dse.optuna_internals"],
     ["dse.emulation", "dse.cost", "dse.search_spaces", "dse.worker", "dse.testing", "dse.tracking"],
     ["dse.training"],
     ["dse.candidates"],

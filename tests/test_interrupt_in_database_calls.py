@@ -62,12 +62,16 @@ def test_sigterms_at_random_moments_of_database_writes_leave_both_stores_writabl
     rng = random.Random(0)
     for cycle in range(60):
         sender = threading.Timer(rng.uniform(0.001, 0.04), os.kill, (os.getpid(), signal.SIGTERM))
-        sender.start()
         with pytest.raises(Interrupted) as stopped, stop_on_signals():
-            while True:  # almost all of the time is spent inside MLflow's and Optuna's sessions
+            # started once the handler is in place: under load a 1 ms timer fired before it, the signal went to
+            # the stray handler, and this loop never ended (a CI run hung here)
+            sender.start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # almost all of the time is spent inside MLflow's and Optuna's sessions
                 client.log_batch(run, metrics=[Metric(f"m{j}", 1.0, 0, cycle) for j in range(20)])
                 trial = study.ask()
                 study.tell(trial, 1.0)
+            pytest.fail(f"cycle {cycle}: the SIGTERM sent 1-40 ms into the block never stopped it (60 s)")
         sender.join()
         assert stopped.value.exit_code == 143
         # what the clean stop writes next: the run closed, the interrupted trial failed
