@@ -22,7 +22,7 @@ from dse.study.storage import create_storage
 from tests.conftest import FAST, compose_config, run_module
 
 pytestmark = pytest.mark.slow
-OBJECTIVES = ["accuracy", "energy_uj", "inference_time_s"]
+OBJECTIVES = ["accuracy", "energy_uj", "modeled_latency_us"]
 
 
 def load(workdir: Path, name: str = "quickstart") -> optuna.Study:
@@ -264,7 +264,7 @@ def test_corrupt_checkpoint_and_stored_results_survive_bad_input(workdir: Path) 
     assert proc.returncode != 0 and "start a new study: study.name=quickstart-2" in proc.stderr + proc.stdout
     # so is a flipped direction (Optuna would keep the stored one and optimise the wrong way, silently)
     flipped = "study.objectives=[{name: accuracy, direction: maximize}, {name: energy_uj, direction: maximize}, " + (
-        "{name: inference_time_s, direction: minimize}]"
+        "{name: modeled_latency_us, direction: minimize}]"
     )
     proc = run_cli(workdir, "study=quickstart", flipped, *FAST)
     said = proc.stderr + proc.stdout
@@ -310,4 +310,4 @@ def test_a_new_study_prints_no_optuna_experimental_warning(workdir: Path) -> Non
     proc = run_cli(workdir, "study=quickstart", "study.n_trials=1", "tracking=none", *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ExperimentalWarning" not in proc.stdout + proc.stderr
-    assert load(workdir).metric_names == ["accuracy", "energy_uj", "inference_time_s"]
+    assert load(workdir).metric_names == ["accuracy", "energy_uj", "modeled_latency_us"]

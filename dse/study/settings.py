@@ -31,7 +31,7 @@ class StudySettings:
     max_accuracy_drop: float | None = None
     max_duplicate_streak: int = 50
     max_failure_streak: int = 5
-    measure_time: bool = True
+    measure_time: bool = False
     seed_uniform: bool = False
     constraints: Sequence[MetricBound] = ()
 
