@@ -13,6 +13,7 @@ import mlflow
 import pytest
 import torch
 
+from dse.config_building import build_trained_model
 from dse.retrain import run_retrain
 from dse.search import run_search
 from dse.training.assets import resolve_asset
@@ -107,10 +108,13 @@ def test_a_study_trial_is_retrained_logged_and_resumed(workdir: Path) -> None:
     # which forward trained: the compiled kernel is fast, so auto keeps the bit-exact one on CPU
     assert run.data.tags["dse_training_forward"] == first.training_forward == "bit_exact"
     assert run.data.params["training_forward"] == "bit_exact" and run.data.params["retrain.forward"] == "auto"
-    # batch norm trained: its running statistics moved away from the baseline's
+    # the candidate trained is the deployed one: BatchNorm folded into the convs (no BatchNorm left), whose
+    # weights and biases moved away from the folded baseline's
     retrained = torch.load(first.weights, weights_only=True)
-    baseline = torch.load(resolve_asset("tiny_cnn_cifar10"), weights_only=True)
-    assert not torch.equal(retrained["features.2.1.running_mean"], baseline["features.2.1.running_mean"])
+    baseline = build_trained_model(compose_config(search).model).state_dict()
+    assert not any("running_mean" in k for k in retrained)
+    assert not torch.equal(retrained["features.2.0.weight"], baseline["features.2.0.weight"])
+    assert not torch.equal(retrained["features.2.0.bias"], baseline["features.2.0.bias"])
     # re-running resumes from the last checkpoint: nothing is trained again, the same weights come out
     digest = hashlib.sha256(first.weights.read_bytes()).hexdigest()
     again = run_retrain(compose_config(retrain, "retrain"))
