@@ -19,19 +19,29 @@ from torch import nn
 
 from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError
+from dse.multipliers import get_multiplier
 
 from .layer_groups import check_layers, resolve_groups
 
-__all__ = ["EXACT", "GRANULARITIES", "BoundSpace", "Knob", "SearchSpace"]
+__all__ = ["ARITHMETIC", "EXACT", "GRANULARITIES", "BoundSpace", "Knob", "SearchSpace"]
 
 EXACT = "exact"  # the choice that leaves a knob at its exact default
 GRANULARITIES = ("uniform", "group", "layer")
 Choice = int | float | str
 
 
+ARITHMETIC = "arithmetic"  # a knob over whole arithmetics: a multiplier, or weight/activation number formats
+
+
 @dataclass(frozen=True)
 class Knob:
-    """One LayerConfig field and the values a trial may give it (``"exact"`` = default)."""
+    """One LayerConfig field and the values a trial may give it (``"exact"`` = default).
+
+    The field ``arithmetic`` is a knob over several fields at once: each choice is a multiplier name
+    (``mul8s_1KV9``: weights and activations at its operands) or number formats (``int6``: weights and
+    activations; ``int4/int8``: weights / activations), so one parameter puts int6 beside an 8-bit
+    approximate circuit on the same front.
+    """
 
     field: str
     choices: tuple[Choice, ...]
@@ -42,12 +52,44 @@ class Knob:
         if len(set(self.choices)) != len(self.choices):
             raise ConfigError(f"Knob {self.field!r} lists a choice twice: {list(self.choices)}.")
         for c in self.choices:  # validate by building the config once per choice
-            self.layer_value(c)
+            self.layer_fields(c)
 
-    def layer_value(self, choice: Choice) -> Any:
-        value = None if choice == EXACT else choice
-        LayerConfig(**{self.field: value})  # type: ignore[arg-type]  # validated by LayerConfig itself
-        return value
+    def layer_fields(self, choice: Choice) -> dict[str, Any]:
+        """The LayerConfig fields ``choice`` sets (validated by LayerConfig itself)."""
+        if choice == EXACT:
+            fields: dict[str, Any] = {}
+        elif self.field == ARITHMETIC:
+            fields = _arithmetic_fields(str(choice))
+        else:
+            fields = {self.field: choice}
+        try:
+            LayerConfig(**fields)
+        except ConfigError as exc:
+            if self.field != ARITHMETIC:
+                raise
+            raise ConfigError(
+                f"space.choices: {choice!r} is neither a multiplier (dse.multipliers.list_multipliers(), or "
+                f"path/to/luts.npz:<name>) nor number formats (int8, int6, fp8_e4m3, bf16, ...; weights/activations "
+                f"apart as int4/int8): {exc}"
+            ) from exc
+        return fields
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The LayerConfig fields this knob sets."""
+        if self.field == ARITHMETIC:
+            return ("multiplier", "weight_format", "activation_format")
+        return (self.field,)
+
+
+def _arithmetic_fields(choice: str) -> dict[str, Any]:
+    """``mul8s_1KV9`` -> its multiplier; ``int6`` -> weights and activations in int6; ``int4/int8`` -> each."""
+    weight, _, activation = choice.partition("/")
+    try:
+        get_multiplier(choice)
+    except ConfigError:
+        return {"weight_format": weight, "activation_format": activation or weight}
+    return {"multiplier": choice}
 
 
 @dataclass(frozen=True)
@@ -59,7 +101,7 @@ class BoundSpace:
     @property
     def knob_fields(self) -> list[str]:
         """The LayerConfig fields this space searches (e.g. ``["decimals"]``)."""
-        return sorted({knob.field for knob, _ in self.params.values()})
+        return sorted({f for knob, _ in self.params.values() for f in knob.fields})
 
     @property
     def layers(self) -> list[str]:
@@ -78,9 +120,9 @@ class BoundSpace:
         """The per-layer assignment that parameters ``params`` describe."""
         fields: dict[str, dict[str, Any]] = {}
         for name, (knob, layers) in self.params.items():
-            value = knob.layer_value(params.get(name, EXACT))
+            values = knob.layer_fields(params.get(name, EXACT))
             for layer in layers:
-                fields.setdefault(layer, {})[knob.field] = value
+                fields.setdefault(layer, {}).update(values)
         return {layer: LayerConfig(**f) for layer, f in fields.items()}
 
     def baseline_params(self) -> dict[str, Choice]:

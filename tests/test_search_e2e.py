@@ -305,6 +305,39 @@ def test_multiplier_study_end_to_end(workdir: Path) -> None:
     assert any(r.data.params.get("layer.classifier.multiplier") not in (None, "None") for r in children)
 
 
+def test_formats_and_multipliers_share_one_front(workdir: Path) -> None:
+    """The arithmetic space on the tiny CNN: uniform int6 and uniform mul8s_1KV9 are both trials of one study,
+    priced and scored alike, each layer's choice logged with the fields it sets."""
+    overrides = [
+        "study=mobilenet_cifar10_arithmetic",
+        "model=tiny_cnn_cifar10",
+        "study.name=tiny_arithmetic",
+        "study.n_trials=4",
+        "space.choices=[int6,int4/int8,mul8s_1KV9]",
+        "evaluation.calibration_images=64",
+        *FAST,
+    ]
+    result = run_search(compose_config(overrides))
+    trials = {t.user_attrs["assignment_key"]: t for t in complete(load(workdir, "tiny_arithmetic"))}
+    assert len(trials) == 4
+    exact = trials.pop("exact")
+    kinds = {("multiplier:mul8s_1KV9" in k, "weight_format:int6" in k, "weight_format:int4" in k) for k in trials}
+    assert kinds == {(True, False, False), (False, True, False), (False, False, True)}
+    for t in trials.values():
+        assert t.values[1] < exact.values[1] and t.values[2] < exact.values[2]  # energy and modeled latency
+        assert 0.3 < t.values[0] <= 1.0  # 6- and 8-bit arithmetic keeps a trained model well above chance
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    children = client.search_runs(
+        [client.get_experiment_by_name("dse").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    logged = {
+        (r.data.params["layer.classifier.multiplier"], r.data.params["layer.classifier.weight_format"])
+        for r in children
+    }
+    assert {("mul8s_1KV9", "exact"), ("exact", "int6"), ("exact", "int4")} <= logged
+
+
 def test_a_new_study_prints_no_optuna_experimental_warning(workdir: Path) -> None:
     """set_metric_names is experimental in Optuna: the warning it raises on every new study says nothing to a user."""
     proc = run_cli(workdir, "study=quickstart", "study.n_trials=1", "tracking=none", *FAST)

@@ -1,10 +1,18 @@
 import optuna
 import pandas as pd
 import pytest
+from hydra.utils import instantiate
 
 from dse.assignment import LayerConfig
 from dse.exceptions import ConfigError, SearchSpaceError
-from dse.search_spaces import EXACT, decimal_places_space, load_sensitivity, prune_space
+from dse.search_spaces import (
+    EXACT,
+    arithmetic_space,
+    decimal_places_space,
+    load_sensitivity,
+    prune_space,
+    resolve_groups,
+)
 from dse.training.models import get_model
 from tests.conftest import compose_config
 
@@ -113,3 +121,32 @@ def test_pruning_table_that_matches_nothing(mobilenet) -> None:
 def test_pruning_table_missing(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"python -m dse\.sensitivity"):
         load_sensitivity(tmp_path / "nope.csv")
+
+
+def test_one_arithmetic_parameter_holds_formats_and_multipliers(mobilenet) -> None:
+    space = instantiate(compose_config(["study=mobilenet_cifar10_arithmetic"]).space)
+    bound = space.bind(mobilenet, GROUPS)
+    assert sorted(bound.params) == sorted(f"arithmetic.{g}" for g in GROUPS)
+    assert bound.knob_fields == ["activation_format", "multiplier", "weight_format"]
+    params = {name: EXACT for name in bound.params}
+    params |= {
+        "arithmetic.depthwise": "int4/int8",
+        "arithmetic.expansion": "mul8s_1L2N",
+        "arithmetic.classifier": "int6",
+    }
+    assignment = bound.assignment(params)
+    members = resolve_groups(mobilenet, GROUPS)
+    depthwise, expansion = members["depthwise"][0], members["expansion"][0]
+    assert assignment[depthwise] == LayerConfig(weight_format="int4", activation_format="int8")
+    assert assignment[expansion] == LayerConfig(multiplier="mul8s_1L2N")
+    assert assignment["classifier.1"] == LayerConfig(weight_format="int6", activation_format="int6")
+    assert assignment["features.0.0"].is_exact
+    # a uniform setting is "every group on one choice", whichever kind it is
+    assert {"arithmetic.first_conv": "int6", "arithmetic.classifier": "int6"}.items() <= next(
+        u for u in bound.uniform_params() if u["arithmetic.first_conv"] == "int6"
+    ).items()
+
+
+def test_an_arithmetic_choice_that_is_neither_is_refused_with_both_kinds_named() -> None:
+    with pytest.raises(ConfigError, match=r"'int9x' is neither a multiplier .* nor number formats"):
+        arithmetic_space(["int6", "int9x"])
