@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import optuna
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,11 +39,12 @@ from dse.config_building import (
     study_settings,
 )
 from dse.config_paths import CONFIG_DIR
-from dse.exceptions import TrialsFailed
+from dse.exceptions import ConfigError, TrialsFailed
 from dse.objectives import Objective
 from dse.optuna_internals import storage_of
 from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
+from dse.store_urls import SQLITE_PREFIX
 from dse.study.create import open_study
 from dse.study.final_evaluation import final_evaluation
 from dse.study.runner import StudyRunner, count_complete
@@ -53,6 +55,7 @@ from dse.study.storage import describe_storage, has_heartbeat
 from dse.tracking.pareto import front_table, plot_retrained_front_png, trials_table
 from dse.tracking.summary import interval_text
 from dse.tracking.tracker import Tracker
+from dse.worker.local_workers import LocalWorkers
 from dse.worker.process import sole_sqlite_worker, worker_index
 from dse.worker.signals import Interrupted, stop_on_signals
 
@@ -174,12 +177,35 @@ def _open_parent_run(cfg: DictConfig, tracker: Tracker, study: optuna.Study, par
         tracker.log_parent_json("search_subset_indices.json", [int(i) for i in indices])
 
 
+def _local_workers(cfg: DictConfig) -> LocalWorkers | None:
+    """``study.local_workers`` > 1: the other workers this command starts (checked before anything is created)."""
+    n = cfg.study.get("local_workers", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"study.local_workers={n!r}: give a whole number of worker processes, e.g. 2.")
+    if n == 1:
+        return None
+    if str(cfg.storage.url).startswith(SQLITE_PREFIX):
+        raise ConfigError(
+            f"study.local_workers={n} runs {n} worker processes on one study, which a SQLite storage does not "
+            "take: add storage=journal (a file) or storage=postgres (a server)."
+        )
+    if not HydraConfig.initialized():
+        raise ConfigError("study.local_workers starts copies of the command: run it as python -m dse.search.")
+    hydra = HydraConfig.get()
+    OmegaConf.update(cfg, "evaluation.threads", 1)  # one thread a worker: the point of several
+    return LocalWorkers(n, list(hydra.overrides.task), Path(hydra.runtime.output_dir))
+
+
 def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
+    helpers = _local_workers(cfg)
     parts = _parts(cfg)
     held.enter_context(sole_sqlite_worker(str(cfg.storage.url)))  # after validation: bad input creates nothing
     study = _open(cfg, parts)
     tracker = build_tracker(cfg)
     _open_parent_run(cfg, tracker, study, parts)
+    if helpers is not None:  # the study and its parent run exist: the others join them
+        helpers.start()
+        held.callback(helpers.close)  # on any way out: stopped if still running, waited for
     retraining = (
         SearchRetraining(parts.candidates.model, parts.bound, parts.candidates, parts.retrain, tracker)
         if parts.retrain is not None and parts.retrain.enabled
@@ -198,6 +224,8 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
     status = "FAILED"
     try:
         done = runner.run()
+        if helpers is not None:  # the budget is complete: the others end too; then the front is final
+            helpers.finish()
         if retraining is not None:
             if cfg.retrain.on == "front":
                 retraining.retrain_front(study)
@@ -214,6 +242,8 @@ def _run_search(cfg: DictConfig, held: contextlib.ExitStack) -> SearchResult:
         status = "FINISHED" if runner.stopped_by_failures is None else "FAILED"
     except Interrupted as exc:
         status = "KILLED"
+        if helpers is not None:
+            helpers.stop(exc.signum)  # each stops cleanly; they are waited for on the way out
         runner.publish(count_complete(study), final=True)  # the front of what completed, plots included
         _logger.warning(interrupted_message(study, runner, exc))
         exc.reported = True

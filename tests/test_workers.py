@@ -1,14 +1,22 @@
-"""What a worker learns about itself from its scheduler: its index among workers launched together, its threads."""
+"""What a worker learns about itself from its scheduler (its index among workers launched together, its threads),
+and several workers of one study started on this machine by one command (study.local_workers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mlflow
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from optuna.trial import TrialState
 
 from dse.config_building import hydra_job_number
 from dse.config_paths import CONFIG_DIR
+from dse.study.storage import create_storage
 from dse.worker.process import allocated_threads, worker_index
+from tests.conftest import run_module
 
 
 def test_worker_index_from_a_job_array_then_hydra_then_zero(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,3 +41,49 @@ def test_threads_follow_the_slurm_allocation_unless_configured(monkeypatch: pyte
     assert allocated_threads(2) == 2
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert allocated_threads(None) is None
+
+
+def test_a_local_worker_takes_its_index_from_the_command_that_started_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("DSE_WORKER_INDEX", "1")
+    assert worker_index(None) == 1 and worker_index(3) == 1
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    assert worker_index(None) == 5
+
+
+@pytest.mark.slow
+def test_local_workers_share_one_study_and_worker_0_waits_for_them(tmp_path: Path) -> None:
+    """study.local_workers=2 over a journal file: two processes of one thread evaluate the study's trials, the
+    budget is met exactly, one MLflow parent run holds every trial, and the command ends after both."""
+    run = run_module(
+        tmp_path,
+        "dse.search",
+        "study=quickstart",
+        "storage=journal",
+        "study.local_workers=2",
+        "study.n_trials=24",
+        "data.test_subset=2000",  # about 1.5 s a trial on one thread: worker 1 (seconds to start) joins early
+        "hydra.run.dir=run",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="quickstart", storage=create_storage(f"journal:///{tmp_path}/mlruns/optuna.journal")
+    )
+    complete = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(complete) == 24 and not study.get_trials(states=[TrialState.RUNNING])
+    workers = {t.user_attrs["worker"] for t in complete}
+    assert len(workers) == 2, workers  # both evaluated trials
+    assert {t.user_attrs["torch_threads"] for t in complete} == {1}
+    assert "Done: 24 complete trials" in (tmp_path / "run" / "worker1" / "worker.log").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("dse").experiment_id
+    parents = client.search_runs([experiment], "tags.dse_role = 'parent'")
+    assert len(parents) == 1
+    assert len(client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")) >= 24
+
+
+def test_local_workers_on_sqlite_are_refused_before_anything_is_created(tmp_path: Path) -> None:
+    run = run_module(tmp_path, "dse.search", "study=quickstart", "study.local_workers=2")
+    assert run.returncode == 2
+    assert "a SQLite storage does not take: add storage=journal" in run.stdout + run.stderr
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()

@@ -39,12 +39,14 @@ def scheduler_job() -> str | None:
 
 
 def worker_index(job_number: int | None = None) -> int:
-    """This worker's index among those launched together: the SLURM array task, else ``job_number`` (a
+    """This worker's index among those launched together: the SLURM array task, else a local worker's
+    (``study.local_workers``), else ``job_number`` (a
     Hydra multirun's, which the command passes), else 0. Workers started at the same moment shift their
     sampler seed by it, so they do not all propose the same first points."""
-    task = os.environ.get("SLURM_ARRAY_TASK_ID")
-    if task and task.isdigit():
-        return int(task)
+    for variable in ("SLURM_ARRAY_TASK_ID", "DSE_WORKER_INDEX"):  # a job array's task; a local worker's index
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
     return job_number or 0
 
 
