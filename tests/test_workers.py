@@ -3,6 +3,10 @@ and several workers of one study started on this machine by one command (study.l
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -87,3 +91,36 @@ def test_local_workers_on_sqlite_are_refused_before_anything_is_created(tmp_path
     assert run.returncode == 2
     assert "a SQLite storage does not take: add storage=journal" in run.stdout + run.stderr
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_worker_0_stops_both_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    args = [
+        sys.executable,
+        "-m",
+        "dse.search",
+        "study=quickstart",
+        "storage=journal",
+        "study.local_workers=2",
+        "study.n_trials=40",
+        "data.test_subset=2000",
+        "tracking=none",
+        "hydra.run.dir=run",
+    ]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run" / "worker1" / "worker.log"
+    deadline = time.monotonic() + 240
+    while "quickstart:" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.5)  # until worker 1 evaluates: the signal must reach a running pair
+    first.send_signal(signal.SIGTERM)
+    said, _ = first.communicate(timeout=300)
+    assert first.returncode == 143, said[-3000:]
+    assert "Interrupted by SIGTERM" in log.read_text()  # passed on, and worker 1 stopped cleanly too
+    storage = create_storage(f"journal:///{tmp_path}/mlruns/optuna.journal")
+    stopped = optuna.load_study(study_name="quickstart", storage=storage)
+    assert not stopped.get_trials(states=[TrialState.RUNNING])  # nothing left for a heartbeat to find
+    assert len(stopped.get_trials(states=[TrialState.COMPLETE])) < 40
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = optuna.load_study(study_name="quickstart", storage=storage)
+    assert len(resumed.get_trials(states=[TrialState.COMPLETE])) == 40
