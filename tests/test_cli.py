@@ -32,7 +32,7 @@ def test_help_is_short_and_useful(module: str, says: str) -> None:
     assert says in text
     assert "Main overrides:" in text and "Examples:" in text
     assert text.count(f"python -m {module} ") >= 3  # three runnable examples
-    assert "Powered by Hydra" not in text and "_target_" not in text  # no generic text, no config dump
+    assert "Powered by Hydra" not in text and "_target_: " not in text  # no generic text, no config dump
     assert len(text.splitlines()) < 50
 
 
