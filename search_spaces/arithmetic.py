@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from .decimal_places import decimal_choices
+from .decimal_places import space_with_decimals
 from .space import ARITHMETIC, EXACT, Knob, SearchSpace
 
 __all__ = ["arithmetic_space"]
@@ -24,12 +24,6 @@ def arithmetic_space(
     activations at its operand width) or number formats (``int6``: weights and activations; ``int4/int8``:
     weights / activations), or stays float32 (``include_exact``). With ``decimals``, a decimal-place knob too.
     """
-    knobs = [Knob(ARITHMETIC, tuple(choices) + ((EXACT,) if include_exact else ()))]
-    if decimals is not None:
-        knobs.append(Knob("decimals", (*decimal_choices(decimals), EXACT)))
-    return SearchSpace(
-        knobs=knobs,
-        granularity=granularity,
-        groups=list(groups) if groups is not None else None,
-        layers=list(layers) if layers is not None else None,
+    return space_with_decimals(
+        Knob(ARITHMETIC, tuple(choices) + ((EXACT,) if include_exact else ())), granularity, decimals, groups, layers
     )

@@ -10,7 +10,7 @@ from dse.numerics.decimal_places import MAX_DECIMALS, MIN_DECIMALS, check_decima
 
 from .space import EXACT, Knob, SearchSpace
 
-__all__ = ["decimal_choices", "decimal_places_space"]
+__all__ = ["decimal_choices", "decimal_places_space", "space_with_decimals"]
 
 
 def decimal_choices(decimals: object) -> tuple[int, ...]:
@@ -37,6 +37,25 @@ def decimal_places_space(
     choices = decimal_choices(decimals) + ((EXACT,) if include_exact else ())
     return SearchSpace(
         knobs=[Knob("decimals", choices)],
+        granularity=granularity,
+        groups=list(groups) if groups is not None else None,
+        layers=list(layers) if layers is not None else None,
+    )
+
+
+def space_with_decimals(
+    knob: Knob,
+    granularity: Literal["uniform", "group", "layer"],
+    decimals: Sequence[int] | None,
+    groups: Sequence[str] | None,
+    layers: Sequence[str] | None,
+) -> SearchSpace:
+    """A space of ``knob``, and with ``decimals`` a decimal-place knob beside it (applied before quantization)."""
+    knobs = [knob]
+    if decimals is not None:
+        knobs.append(Knob("decimals", (*decimal_choices(decimals), EXACT)))
+    return SearchSpace(
+        knobs=knobs,
         granularity=granularity,
         groups=list(groups) if groups is not None else None,
         layers=list(layers) if layers is not None else None,

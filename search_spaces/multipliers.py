@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from .decimal_places import decimal_choices
+from .decimal_places import space_with_decimals
 from .space import EXACT, Knob, SearchSpace
 
 __all__ = ["multiplier_space"]
@@ -23,12 +23,10 @@ def multiplier_space(
 
     With ``decimals``, each unit also gets a decimal-place knob (applied before quantization).
     """
-    knobs = [Knob("multiplier", tuple(multipliers) + ((EXACT,) if include_exact else ()))]
-    if decimals is not None:
-        knobs.append(Knob("decimals", (*decimal_choices(decimals), EXACT)))
-    return SearchSpace(
-        knobs=knobs,
-        granularity=granularity,
-        groups=list(groups) if groups is not None else None,
-        layers=list(layers) if layers is not None else None,
+    return space_with_decimals(
+        Knob("multiplier", tuple(multipliers) + ((EXACT,) if include_exact else ())),
+        granularity,
+        decimals,
+        groups,
+        layers,
     )

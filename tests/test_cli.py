@@ -44,6 +44,18 @@ _WITHOUT_ROOTS_BYPASS = (
 )
 
 
+def _as_any_user(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in ``cwd`` without root's bypass of mode bits."""
+    return subprocess.run(
+        [*_WITHOUT_ROOTS_BYPASS, sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "read_only"
@@ -55,14 +67,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.parametrize("module", ["dse.search", "dse.sensitivity", "dse.training.train"])
 def test_a_read_only_working_directory_is_one_line_naming_it_and_the_overrides(read_only: Path, module: str) -> None:
-    run = subprocess.run(
-        [*_WITHOUT_ROOTS_BYPASS, sys.executable, "-m", module],  # refused before any config is composed
-        cwd=read_only,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = _as_any_user(read_only, module)  # refused before any config is composed
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.strip() == run.stderr.strip().splitlines()[0]  # one line
     assert f"Cannot write in {read_only} (Permission denied)" in run.stderr
@@ -73,22 +78,7 @@ def test_a_read_only_working_directory_is_one_line_naming_it_and_the_overrides(r
 def test_a_read_only_store_folder_after_the_run_folder_is_one_line_too(read_only: Path, tmp_path: Path) -> None:
     """The run folder points elsewhere, the study's store still in the read-only directory."""
     outputs = tmp_path / "outputs"
-    run = subprocess.run(
-        [
-            *_WITHOUT_ROOTS_BYPASS,
-            sys.executable,
-            "-m",
-            "dse.search",
-            "study=quickstart",
-            "data.test_subset=200",
-            f"hydra.run.dir={outputs}",
-        ],
-        cwd=read_only,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = _as_any_user(read_only, "dse.search", "study=quickstart", "data.test_subset=200", f"hydra.run.dir={outputs}")
     assert run.returncode == 2, run.stderr[-2000:]
     log = run.stdout + run.stderr
     assert f"Cannot write {read_only}/mlruns (Permission denied)" in log and "storage.url=" in log

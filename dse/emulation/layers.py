@@ -57,10 +57,15 @@ class ApproxConv2d(EmulatedLayer, nn.Conv2d):
             )
         self._init_emulation(multiplier, path, per_channel, name, bits, signed)
 
+    @staticmethod
+    def _geometry_of(conv: nn.Conv1d | nn.Conv2d, name: str) -> tuple[Any, Any, Any, Any]:
+        """Kernel size, stride, padding and dilation of ``conv`` as this layer takes them."""
+        return conv.kernel_size, conv.stride, conv.padding, conv.dilation
+
     @classmethod
     def from_conv(
         cls,
-        conv: nn.Conv2d,
+        conv: nn.Conv1d | nn.Conv2d,
         multiplier: Multiplier | str,
         path: EmulationPath = "auto",
         per_channel: bool = True,
@@ -71,10 +76,7 @@ class ApproxConv2d(EmulatedLayer, nn.Conv2d):
         layer = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            *cls._geometry_of(conv, name),
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,
@@ -155,40 +157,12 @@ class ApproxConv1d(ApproxConv2d):
         super().__init__(*args, **kwargs)
         self._register_state_dict_hook(_squeeze_height)
 
-    @classmethod
-    def from_conv1d(
-        cls,
-        conv: nn.Conv1d,
-        multiplier: Multiplier | str,
-        path: EmulationPath = "auto",
-        per_channel: bool = True,
-        name: str = "",
-        bits: int | None = None,
-        signed: bool | None = None,
-    ) -> ApproxConv1d:
+    @staticmethod
+    def _geometry_of(conv: nn.Conv1d | nn.Conv2d, name: str) -> tuple[Any, Any, Any, Any]:
+        """A Conv1d's geometry as a Conv2d of height 1."""
         if isinstance(conv.padding, str):
             raise ConfigError(f"Layer {name!r}: only numeric zero padding is emulated, got {conv.padding!r}.")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            (1, conv.kernel_size[0]),
-            (1, conv.stride[0]),
-            (0, conv.padding[0]),
-            (1, conv.dilation[0]),
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            multiplier=multiplier,
-            path=path,
-            per_channel=per_channel,
-            name=name,
-            bits=bits,
-            signed=signed,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        layer.load_state_dict(conv.state_dict(), strict=False)
-        return layer
+        return (1, conv.kernel_size[0]), (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, super().forward(x.unsqueeze(-2))).squeeze(-2)
@@ -305,7 +279,7 @@ def approximate_layer(
     ``bits``/``signed``, when given, must match the multiplier's operands (else a ConfigError).
     """
     if isinstance(module, nn.Conv1d):
-        return ApproxConv1d.from_conv1d(module, multiplier, path, per_channel, name, bits, signed)
+        return ApproxConv1d.from_conv(module, multiplier, path, per_channel, name, bits, signed)
     if isinstance(module, nn.Conv2d):
         return ApproxConv2d.from_conv(module, multiplier, path, per_channel, name, bits, signed)
     if isinstance(module, nn.Linear):
