@@ -6,7 +6,6 @@ import errno
 import functools
 import logging
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,9 +16,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from dse.exceptions import DSEError
+from dse.file_system import unwritable_folder
 from dse.worker.signals import Interrupted
 
-__all__ = ["dse_error_of", "full_tracebacks_hint", "run_command", "unwritable_folder", "writable_run_dir"]
+__all__ = ["dse_error_of", "full_tracebacks_hint", "run_command", "writable_run_dir"]
 
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _ELSEWHERE = (
@@ -108,19 +108,6 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig, quiet: bo
         if not exc.reported:
             _logger.warning("Interrupted by %s before anything was computed.", exc)
         raise SystemExit(exc.exit_code) from None
-
-
-def unwritable_folder(folder: Path) -> OSError | None:
-    """Why a file cannot be created in ``folder`` (its nearest existing ancestor), or None if one can: a real
-    write, not the mode bits (root ignores those, a read-only mount does not)."""
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return None
-    except OSError as exc:
-        return exc
 
 
 def writable_run_dir(main: Callable[[], Any]) -> Callable[[], Any]:

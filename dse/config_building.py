@@ -22,6 +22,7 @@ from dse.batchnorm_folding import fold_batchnorm
 from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
+from dse.deployment.runtime import DeployedTiming
 from dse.exceptions import ConfigError
 from dse.objectives import parse_bounds, parse_objectives
 from dse.search_spaces import BoundSpace
@@ -119,6 +120,9 @@ def candidate_evaluator(cfg: DictConfig, model: nn.Module) -> CandidateEvaluator
         latency_model=instantiate(cfg.hardware.latency) if cfg.hardware.get("latency") else None,
         emulation_path=cfg.emulation.path,
         per_channel=cfg.emulation.per_channel,
+        deployed_timing=DeployedTiming(
+            tuple(int(b) for b in cfg.deployment.batch_sizes), int(cfg.deployment.repeats), int(cfg.deployment.threads)
+        ),
     )
 
 

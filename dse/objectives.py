@@ -8,7 +8,15 @@ from typing import Literal
 
 from dse.exceptions import ConfigError
 
-__all__ = ["MEASURED_TIME_METRICS", "TRIAL_METRICS", "MetricBound", "Objective", "parse_bounds", "parse_objectives"]
+__all__ = [
+    "DEPLOYED_METRICS",
+    "MEASURED_TIME_METRICS",
+    "TRIAL_METRICS",
+    "MetricBound",
+    "Objective",
+    "parse_bounds",
+    "parse_objectives",
+]
 
 # Every metric a trial logs, with its unit; any of them can be an objective.
 TRIAL_METRICS: Mapping[str, str] = {
@@ -29,10 +37,22 @@ TRIAL_METRICS: Mapping[str, str] = {
     "ms_per_image": "measured milliseconds per image (inference_time_s / images)",
     "mean_weight_bits": "MAC-weighted mean weight width of the Conv2d/Linear layers, bits",
     "modeled_latency_us": "first-order accelerator latency per inference, microseconds (dse.cost.latency)",
+    "deployed_latency_ms": "ONNX Runtime on this CPU, batch 1, median ms of runs interleaved with the float32 "
+    "export (dse.deployment.runtime); only for spaces whose every choice deploys",
+    "deployed_speedup_vs_fp32": "float32 export's deployed_latency_ms / the candidate's (same runs)",
+    "deployed_batch_latency_ms": "as deployed_latency_ms at the larger batch (deployment.batch_sizes), ms per batch",
+    "deployed_batch_speedup_vs_fp32": "float32 export's deployed_batch_latency_ms / the candidate's",
 }
 
 # The metrics measured on this machine's clock (need study.measure_time).
 MEASURED_TIME_METRICS = ("inference_time_s", "ms_per_image")
+# The metrics of the candidate's ONNX export on ONNX Runtime (measured when an objective or constraint uses one).
+DEPLOYED_METRICS = (
+    "deployed_latency_ms",
+    "deployed_speedup_vs_fp32",
+    "deployed_batch_latency_ms",
+    "deployed_batch_speedup_vs_fp32",
+)
 
 
 @dataclass(frozen=True)

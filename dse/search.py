@@ -39,8 +39,9 @@ from dse.config_building import (
     study_settings,
 )
 from dse.config_paths import CONFIG_DIR
+from dse.deployment.layer_arithmetic import undeployable_layers
 from dse.exceptions import ConfigError, TrialsFailed
-from dse.objectives import Objective
+from dse.objectives import DEPLOYED_METRICS, Objective
 from dse.optuna_internals import storage_of
 from dse.search_spaces import BoundSpace, SearchSpace, load_sensitivity, prune_space
 from dse.sensitivity import plot_sensitivity
@@ -112,7 +113,19 @@ def _parts(cfg: DictConfig) -> _Parts:
     bound = space.bind(model, model_layer_groups(cfg.model, model))
     if cfg.pruning.table:
         bound = prune_space(bound, load_sensitivity(cfg.pruning.table), float(cfg.pruning.max_drop_points))
-    return _Parts(settings, screening, retrain, bound, candidate_evaluator(cfg, model))
+    candidates = candidate_evaluator(cfg, model)
+    if settings.deploys:  # every choice must deploy: the uniform assignments hold each once
+        for params in bound.uniform_params():
+            emulated = undeployable_layers(candidates.deployment(bound.assignment(params)))
+            if emulated:
+                raise ConfigError(
+                    "The study's objectives or constraints use an ONNX Runtime measurement "
+                    f"({', '.join(DEPLOYED_METRICS)}), "
+                    f"but the space offers {params}, which no runtime runs as dse emulates it (decimal "
+                    "places or approximate multipliers: layers "
+                    f"{emulated[:3]}). Search formats (space=formats_group) or use modeled_latency_us."
+                )
+    return _Parts(settings, screening, retrain, bound, candidates)
 
 
 def _open(cfg: DictConfig, parts: _Parts) -> optuna.Study:
@@ -299,6 +312,8 @@ def end_of_search_message(
             "energy_uj": ("energy uJ", 1.0, "{:.2f}"),
             "modeled_latency_us": ("latency us", 1.0, "{:.1f}"),
             "inference_time_s": ("time s", 1.0, "{:.4f}"),
+            "deployed_latency_ms": ("ONNX Runtime ms", 1.0, "{:.3f}"),
+            "deployed_speedup_vs_fp32": ("vs fp32", 1.0, "{:.2f}x"),
         }
         table = pd.DataFrame({"trial": front["trial"]})
         if "reference" in front:

@@ -20,6 +20,7 @@ from tests.conftest import run_module
         ("dse.sensitivity", "the accuracy drop when only one layer (group) changes"),
         ("dse.training.train", "train a baseline classifier"),
         ("dse.retrain", "win back the accuracy an approximation costs"),
+        ("dse.export", "a candidate as a deployment bundle"),
         ("dse.report", "every measured claim of dse and of its papers"),
         ("dse.compare", "the Pareto fronts of several studies in one plot and one table"),
         ("dse.status", "how far a study is, read from its storage while it runs"),

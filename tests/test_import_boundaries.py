@@ -22,6 +22,7 @@ FOLDERS = {"dse": ROOT / "dse", "dse.training": ROOT / "training", "dse.search_s
 COMMANDS = {
     "dse.search",
     "dse.retrain",
+    "dse.export",
     "dse.compare",
     "dse.status",
     "dse.sensitivity",
@@ -29,6 +30,7 @@ COMMANDS = {
     "dse.config_paths",  # where the commands' configs live
     "dse.cli",  # what every command shares (exit codes, quiet logs)
     "dse.config_building",  # the library's objects built from a composed config
+    "dse.chosen_candidate",  # the study trial or assignment file a command acts on
 }
 COMMAND_PACKAGES = ("dse.report",)  # python -m dse.report: each stage reads the composed config
 NUMERIC = ("dse.numerics", "dse.multipliers", "dse.emulation", "dse.cost")
@@ -143,11 +145,11 @@ def test_the_library_never_imports_a_command(module: str) -> None:
 # Each package's layer: a module imports only from its own layer or below (type-only imports included), so
 # the library reads bottom-up and no arrow runs back up. Commands sit on top.
 LAYERS = [
-    ["dse.exceptions"],  # (and the package itself: its version)
+    ["dse.exceptions", "dse.file_system"],  # (and the package itself: its version)
     ["dse.numerics"],
     ["dse.multipliers"],
     ["dse.assignment", "dse.batchnorm_folding", "dse.objectives", "dse.store_urls", "dse.optuna_internals"],
-    ["dse.emulation", "dse.cost", "dse.search_spaces", "dse.worker", "dse.testing", "dse.tracking"],
+    ["dse.emulation", "dse.cost", "dse.search_spaces", "dse.worker", "dse.testing", "dse.tracking", "dse.deployment"],
     ["dse.training"],
     ["dse.candidates"],
     ["dse.study"],

@@ -37,7 +37,7 @@ def candidates() -> CandidateEvaluator:
 class Broken(CandidateEvaluator):
     """A setup that fails on every trial, as a broken GPU or an out-of-memory would."""
 
-    def evaluate(self, assignment, timing=True):  # type: ignore[no-untyped-def]
+    def evaluate(self, assignment, timing=True, partial=None, deployed=False):  # type: ignore[no-untyped-def]
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 

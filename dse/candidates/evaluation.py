@@ -163,6 +163,18 @@ class Evaluator:
         assert self._order is not None
         return self._order
 
+    def labelled_batches(self, stop: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, labels)`` batches of the first ``stop`` images of the evaluation order (:attr:`image_order`),
+        preprocessed as :meth:`correct` sees them: what another runtime must be given to score the same images."""
+        end = self.n_images if stop is None else min(stop, self.n_images)
+        out, first = [], 0
+        for x, y in zip(self._batches(), self._labels, strict=True):
+            if first >= end:
+                break
+            out.append((x[: end - first], y[: end - first]))
+            first += len(y)
+        return out
+
     def correct(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-1 and top-5 correctness of each test image in ``[start, stop)`` of the evaluation order
         (:attr:`image_order`: a seeded shuffle, so any prefix is a random sample), CPU bool tensors.

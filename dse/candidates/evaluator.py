@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import onnx
 import pandas as pd
 import torch
 from torch import nn
@@ -18,7 +19,11 @@ from dse.candidates.transform import apply_assignment
 from dse.cost.energy import EnergyModel
 from dse.cost.latency import LatencyModel
 from dse.cost.macs import LayerShape, layer_shapes, unemulated_shapes, warn_unemulated
+from dse.deployment.layer_arithmetic import LayerDeployment, deployment_plan, undeployable_layers
+from dse.deployment.onnx_graph import candidate_graph, export_float_graph
+from dse.deployment.runtime import DeployedLatency, DeployedTiming, measure_latency
 from dse.emulation import EmulationPath, calibrate_ranges
+from dse.exceptions import ConfigError
 
 __all__ = ["ENERGY_COMPONENTS", "CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
 
@@ -74,8 +79,11 @@ class CandidateEvaluator:
         latency_model: LatencyModel | None = None,
         emulation_path: EmulationPath = "auto",
         per_channel: bool = True,
+        deployed_timing: DeployedTiming | None = None,
     ) -> None:
         self.model = model.eval()
+        self.deployed_timing = deployed_timing or DeployedTiming()
+        self._float_graph: onnx.ModelProto | None = None
         self.reference_time_s: float | None = None  # the exact model's pass time; the study keeps one
         self._timing_reference: nn.Module | None = None
         self.emulation_path: EmulationPath = emulation_path
@@ -101,6 +109,7 @@ class CandidateEvaluator:
             latency_model=self.latency_model,
             emulation_path=self.emulation_path,
             per_channel=self.per_channel,
+            deployed_timing=self.deployed_timing,
         )
 
     @property
@@ -178,9 +187,14 @@ class CandidateEvaluator:
         return PartialEvaluation(candidate, top1, top5)
 
     def evaluate(
-        self, assignment: Assignment, timing: bool = True, partial: PartialEvaluation | None = None
+        self,
+        assignment: Assignment,
+        timing: bool = True,
+        partial: PartialEvaluation | None = None,
+        deployed: bool = False,
     ) -> CandidateResult:
-        """Every metric of ``assignment``; ``partial``: its first images already evaluated (:meth:`first_images`)."""
+        """Every metric of ``assignment``; ``partial``: its first images already evaluated (:meth:`first_images`);
+        ``deployed``: its ONNX export timed on ONNX Runtime too (:meth:`deployed_latency`)."""
         if partial is None:
             candidate = self.candidate(assignment)
             top1, top5 = self.evaluator.correct(candidate)
@@ -202,7 +216,38 @@ class CandidateEvaluator:
         }
         if timing:
             metrics.update(self._measured_time(candidate))
+        if deployed:
+            metrics.update(self.deployed_latency(assignment).metrics())
         return CandidateResult(metrics, table)
+
+    def deployment(self, assignment: Assignment) -> dict[str, LayerDeployment]:
+        """How each layer of ``assignment`` goes into the ONNX graph
+        (:func:`dse.deployment.layer_arithmetic.deployment_plan`)."""
+        ranges = self.activation_ranges if needs_activation_ranges(assignment) else None
+        return deployment_plan(self.model, assignment, ranges, per_channel=self.per_channel)
+
+    def float_graph(self) -> onnx.ModelProto:
+        """The exact model exported to ONNX, once."""
+        if self._float_graph is None:
+            self._float_graph = export_float_graph(self.model, self.evaluator.labelled_batches(stop=1)[0][0])
+        return self._float_graph
+
+    def deployed_latency(self, assignment: Assignment) -> DeployedLatency:
+        """``assignment``'s ONNX export on ONNX Runtime against the float32 export (``deployed_timing``);
+        refused for a layer no runtime runs as dse emulates it."""
+        plan = self.deployment(assignment)
+        emulated = undeployable_layers(plan)
+        if emulated:
+            raise ConfigError(
+                f"deployed_latency_ms times what ONNX Runtime runs, but {len(emulated)} layer(s) of this candidate "
+                f"are emulated only ({', '.join(emulated[:3])}{' ...' if len(emulated) > 3 else ''}: decimal places "
+                "or an approximate multiplier). Use it with a formats space (space=formats_group), or use "
+                "modeled_latency_us."
+            )
+        timing = self.deployed_timing
+        images = torch.cat([x for x, _ in self.evaluator.labelled_batches(stop=max(timing.batch_sizes))])
+        graph = candidate_graph(self.float_graph(), plan)
+        return measure_latency(graph, self.float_graph(), images, timing.batch_sizes, timing.repeats, timing.threads)
 
     def _measured_time(self, candidate: nn.Module) -> dict[str, float]:
         if not self.evaluator.relative_timing:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dse.exceptions import ConfigError
-from dse.objectives import MEASURED_TIME_METRICS, MetricBound, Objective
+from dse.objectives import DEPLOYED_METRICS, MEASURED_TIME_METRICS, MetricBound, Objective
 
 __all__ = ["StudySettings"]
 
@@ -34,6 +34,12 @@ class StudySettings:
     measure_time: bool = False
     seed_uniform: bool = False
     constraints: Sequence[MetricBound] = ()
+
+    @property
+    def deploys(self) -> bool:
+        """Whether trials are exported and timed on ONNX Runtime (an objective or constraint needs it)."""
+        used = {o.name for o in self.objectives} | {b.metric for b in self.constraints}
+        return bool(used & set(DEPLOYED_METRICS))
 
     def __post_init__(self) -> None:
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:

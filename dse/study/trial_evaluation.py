@@ -130,9 +130,9 @@ class TrialEvaluation:
         partial = self._screen(trial, assignment, run_id) if self.screening and key != BASELINE_KEY else None
         timing = self.settings.measure_time
         result = (
-            self.candidates.evaluate(assignment, timing=timing)
+            self.candidates.evaluate(assignment, timing=timing, deployed=self.settings.deploys)
             if partial is None
-            else self.candidates.evaluate(assignment, timing=timing, partial=partial)
+            else self.candidates.evaluate(assignment, timing=timing, partial=partial, deployed=self.settings.deploys)
         )
         metrics = result.metrics
         retraining = self.retraining if key != BASELINE_KEY else None  # the exact model: nothing to retrain
