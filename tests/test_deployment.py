@@ -18,7 +18,7 @@ from torch import nn
 from dse.assignment import LayerConfig, targetable_layers
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.config_building import build_trained_model, candidate_evaluator
-from dse.deployment.bundle import check_target, write_bundle
+from dse.deployment.bundle import check_target, layer_records, write_bundle
 from dse.deployment.layer_arithmetic import deployment_plan, undeployable_layers
 from dse.deployment.onnx_graph import INPUT_NAME, candidate_graph, export_float_graph
 from dse.deployment.runtime import DeployedLatency, DeployedTiming, onnx_session, onnx_top1_correct
@@ -124,6 +124,12 @@ def test_emulated_only_layers_are_marked_and_the_rest_deploy(tiny: CandidateEval
     assert plan[names[3]].stored.dtype == np.int8 and np.abs(plan[names[3]].stored).max() <= 127
     a = plan[names[3]].input_rounding
     assert a is not None and a.format == "uint8" and a.clip is None
+    records = {r["name"]: r for r in layer_records(plan, tiny.cost_table(tiny.model, assignment))}
+    approximate, exact = records[names[0]]["multiplier"], records[names[1]]["multiplier"]
+    assert approximate["exact"] is False and "EvoApprox" in approximate["table"]  # type: ignore[index]
+    assert approximate["mean_relative_error_pct"] > 0 and exact["mean_relative_error_pct"] == 0  # type: ignore[index]
+    assert "formula" in exact["table"] and records[names[0]]["runtime"] == "emulated_only"  # type: ignore[index]
+    assert records[names[4]]["note"] == "float32 (not in the assignment)" and records[names[4]]["weight"] is None
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
     "dse.search",
     "dse.retrain",
+    "dse.export",
     "dse.compare",
     "dse.status",
     "dse.sensitivity",
@@ -74,6 +75,13 @@ def test_the_wheel_s_dse_is_the_one_imported(installed: Path, tmp_path: Path) ->
     proc = _run(installed, tmp_path, "-c", "import dse, dse.report, dse.training; print(dse.__file__)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(ROOT) not in proc.stdout and "site-packages" in proc.stdout
+
+
+def test_the_wheel_ships_the_manifest_schema(installed: Path, tmp_path: Path) -> None:
+    code = "from dse.deployment.bundle import manifest_schema; print(manifest_schema()['title'])"
+    proc = _run(installed, tmp_path, "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "dse deployment manifest"
 
 
 @pytest.mark.parametrize("module", COMMANDS)

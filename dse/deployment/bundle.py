@@ -17,7 +17,7 @@ import pandas as pd
 
 from dse.exceptions import ConfigError
 from dse.file_system import unwritable_folder
-from dse.multipliers import get_multiplier
+from dse.multipliers import LutMultiplier, get_multiplier
 
 from .layer_arithmetic import LayerDeployment
 
@@ -81,7 +81,21 @@ def _number(value: object) -> float | None:
 
 def _multiplier_record(name: str) -> dict[str, object]:
     m = get_multiplier(name)
-    return {"name": m.name, "bits": m.bits, "signed": m.signed, "exact": m.is_exact, "source": m.power_source}
+    if ":" in name:  # a table file of the user's (path.npz:circuit)
+        table = f"lookup table {name.rsplit(':', 1)[1]!r} of {name.rsplit(':', 1)[0]}"
+    elif isinstance(m, LutMultiplier):
+        table = "lookup table of the EvoApprox 8-bit library shipped with dse (dse/multipliers/data)"
+    else:
+        table = f"computed by its formula ({type(m).__name__})"
+    return {
+        "name": name,
+        "bits": m.bits,
+        "signed": m.signed,
+        "exact": m.is_exact,
+        "table": table,
+        "mean_relative_error_pct": m.error_stats().mre_pct,
+        "power_source": m.power_source,
+    }
 
 
 def write_bundle(target: Path, manifest: dict, files: Mapping[str, bytes]) -> Path:

@@ -1,13 +1,13 @@
 """How each layer of a candidate runs on a standard runtime: the numbers dse emulates, as ONNX can hold them.
 
 For every layer of an assignment, :func:`deployment_plan` computes what the ONNX graph needs so that it
-computes what dse's emulation computes: the weight as stored (integer codes, float16/bfloat16/float8 values,
+computes what dse's emulation computes: the weight as stored (integer codes, float16/bfloat16 values,
 or float32) with its scales and zero points, and the rounding of the layer's input (QuantizeLinear /
 DequantizeLinear, or a Cast pair). The numbers come from the same functions the emulation calls
 (:mod:`dse.numerics`), so they are the emulation's, not a re-derivation.
 
 A layer *deploys* when a runtime executes its arithmetic: integer formats and exact multipliers (integer
-operands, exact products), float16/bfloat16/float8, float32. Decimal places and approximate multipliers are
+operands, exact products), float16/bfloat16, float32. Decimal places and approximate multipliers are
 *emulated only*: the ONNX graph holds the rounded weights in float32 (decimal places: what dse computes) or
 the multiplier's integer operands with exact products (the circuit's errors are not in it), and says so.
 """
@@ -46,9 +46,9 @@ Runtime = Literal["onnx", "emulated_only"]
 class TensorRounding:
     """How one tensor is rounded in the graph.
 
-    ``quantize``: QuantizeLinear -> DequantizeLinear into ``onnx_type`` with ``scale`` and ``zero_point``
-    (float8: the power-of-two scale dse chose, inverted); ``cast``: Cast to ``onnx_type`` and back. ``clip``:
-    float bounds applied first (an integer narrower than its 8/16-bit container, float16's saturation).
+    ``quantize``: QuantizeLinear -> DequantizeLinear into ``onnx_type`` with ``scale`` and ``zero_point``;
+    ``cast``: Cast to ``onnx_type`` and back. ``clip``: float bounds (an integer narrower than its 8/16-bit
+    container saturates after dequantizing; float16 saturates before its Cast).
     ``axis``: the per-channel axis of a weight's scales.
     """
 
@@ -79,7 +79,7 @@ class TensorRounding:
 class LayerDeployment:
     """One layer as the ONNX graph holds it.
 
-    ``stored``: the weight's values as stored (integer codes, float16/bfloat16/float8 values, or float32);
+    ``stored``: the weight's values as stored (integer codes, float16/bfloat16 values, or float32);
     ``weight``: the weight the layer computes with (float32, after every rounding): ``stored`` through
     ``weight_rounding``'s DequantizeLinear/Cast, or ``stored`` itself.
     """
@@ -136,7 +136,7 @@ def _integer_input(lo: float, hi: float, bits: int, signed: bool, name: str) -> 
     scale, zero = float(p.scale.item()), float(p.zero_point.item())
     qlo, qhi = qrange(bits, signed)
     container_bits = 8 if bits <= 8 else 16
-    # narrower than its container: the saturation of the b-bit range, applied in float before rounding
+    # narrower than its container: the b-bit range's saturation, a Clip after dequantizing (dse.deployment.onnx_graph)
     clip = None if bits == container_bits else ((qlo - zero) * scale, (qhi - zero) * scale)
     fmt = f"{'int' if signed else 'uint'}{bits}"
     return TensorRounding(
@@ -145,23 +145,13 @@ def _integer_input(lo: float, hi: float, bits: int, signed: bool, name: str) -> 
 
 
 def _float_weight(w: torch.Tensor, fmt: MiniFloat) -> tuple:
-    real = fmt.round_weight(w).numpy()
-    onnx_type = _FLOAT_TYPES[fmt.name]
-    if fmt.scaling == "none":  # stored as it is computed with
-        return real, real, TensorRounding("cast", fmt.name, fmt.bits, onnx_type, np.ones((), np.float32), np.zeros(()))
-    scale = fmt.scale_for(w.detach().abs().amax().float())  # float8: one power of two per tensor
-    stored = (torch.from_numpy(real) * scale).numpy()
-    inverse = (1.0 / scale).numpy().astype(np.float32).reshape(())
-    return real, stored, TensorRounding("quantize", fmt.name, fmt.bits, onnx_type, inverse, np.zeros(()))
+    real = fmt.round_weight(w).numpy()  # fp16/bf16 are unscaled: stored as computed with
+    return real, real, TensorRounding("cast", fmt.name, fmt.bits, _FLOAT_TYPES[fmt.name], np.ones(()), np.zeros(()))
 
 
-def _float_input(lo: float, hi: float, fmt: MiniFloat) -> TensorRounding:
-    onnx_type = _FLOAT_TYPES[fmt.name]
-    if fmt.scaling == "none":  # a Cast rounds to nearest even but overflows to inf: dse saturates
-        top = fmt.max_finite
-        return TensorRounding("cast", fmt.name, fmt.bits, onnx_type, np.ones((), np.float32), np.zeros(()), (-top, top))
-    scale = fmt.scale_for(torch.tensor(max(abs(lo), abs(hi)), dtype=torch.float32)).item()
-    return TensorRounding("quantize", fmt.name, fmt.bits, onnx_type, np.array(1.0 / scale, np.float32), np.zeros(()))
+def _float_input(fmt: MiniFloat) -> TensorRounding:
+    top = fmt.max_finite  # a Cast rounds to nearest even but overflows to inf where dse saturates: clip first
+    return TensorRounding("cast", fmt.name, fmt.bits, _FLOAT_TYPES[fmt.name], np.ones(()), np.zeros(()), (-top, top))
 
 
 def _check_float(fmt: NumberFormat, what: str) -> MiniFloat:
@@ -169,7 +159,7 @@ def _check_float(fmt: NumberFormat, what: str) -> MiniFloat:
         raise _Undeployable(
             f"{what} is {fmt.name}: ONNX Runtime's CPU optimiser changes what a float8 QDQ graph computes"
         )
-    if not isinstance(fmt, MiniFloat) or fmt.name not in _FLOAT_TYPES:
+    if not isinstance(fmt, MiniFloat) or fmt.name not in _FLOAT_TYPES:  # (fp16, bf16: unscaled)
         raise _Undeployable(f"{what} is {fmt.name}, which no ONNX type holds (ONNX has {', '.join(_FLOAT_TYPES)})")
     return fmt
 
@@ -209,7 +199,7 @@ def _layer(
         if isinstance(fmt, FixedPoint):
             input_rounding = _integer_input(lo, hi, fmt.bits, fmt.signed, name)
         elif not isinstance(fmt, Float32):
-            input_rounding = _float_input(lo, hi, _check_float(fmt, f"{name}'s activation format"))
+            input_rounding = _float_input(_check_float(fmt, f"{name}'s activation format"))
     if config.decimals is not None:
         runtime = "emulated_only"
         notes.append(

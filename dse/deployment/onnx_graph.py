@@ -27,7 +27,7 @@ from .layer_arithmetic import LayerDeployment, TensorRounding
 
 __all__ = ["INPUT_NAME", "OPSET", "candidate_graph", "export_float_graph"]
 
-OPSET = 21  # int16 and float8 QuantizeLinear, bfloat16 Cast
+OPSET = 21  # int16/uint16 QuantizeLinear
 INPUT_NAME = "input"
 _NUMPY_TYPES: dict[int, type] = {
     TensorProto.INT8: np.int8,
@@ -36,8 +36,6 @@ _NUMPY_TYPES: dict[int, type] = {
     TensorProto.UINT16: np.uint16,
     TensorProto.FLOAT16: np.float16,
     TensorProto.BFLOAT16: ml_dtypes.bfloat16,
-    TensorProto.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn,
-    TensorProto.FLOAT8E5M2: ml_dtypes.float8_e5m2,
 }
 _logger = logging.getLogger(__name__)
 

@@ -175,7 +175,7 @@ class MiniFloat(NumberFormat):
         rounded = torch.where(torch.isfinite(a), torch.round(a / quantum) * quantum, a)
         return self._finish(rounded, a).to(x.dtype)
 
-    def scale_for(self, amax: torch.Tensor) -> torch.Tensor:
+    def _scale_for(self, amax: torch.Tensor) -> torch.Tensor:
         """The power of two that maps ``amax`` to the top binade of the format, never above ``max_finite``
         (an exponent bias: exact, and free in hardware beside the per-tensor or per-channel scale itself)."""
         safe = torch.where(amax > 0, amax, torch.ones_like(amax))
@@ -188,13 +188,13 @@ class MiniFloat(NumberFormat):
             amax = w.detach().abs().flatten(1).amax(1).view((-1,) + (1,) * (w.dim() - 1))
         else:
             amax = w.detach().abs().amax()
-        scale = self.scale_for(amax.float()).to(w.dtype)
+        scale = self._scale_for(amax.float()).to(w.dtype)
         return self.round(w * scale) / scale
 
     def round_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         if self.scaling == "none":
             return self.round(x)
-        scale = self.scale_for(torch.tensor(max(abs(lo), abs(hi)), dtype=torch.float32)).item()
+        scale = self._scale_for(torch.tensor(max(abs(lo), abs(hi)), dtype=torch.float32)).item()
         return self.round(x * scale) / scale
 
     @property
