@@ -8,12 +8,14 @@ stores in this process.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import random
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -123,6 +125,39 @@ def test_a_signal_inside_a_finalizer_is_not_dropped() -> None:
         _after_the_finalizer()
         reached = True
     assert not reached
+
+
+class _Cycle:
+    """An object only the garbage collector frees (it refers to itself)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _signal_from_a_collected_callback(_: object) -> None:
+    signal.raise_signal(signal.SIGTERM)  # handled right here, inside the collector's callback
+    sum(range(1000))
+
+
+@pytest.mark.parametrize("inside", ["a plain weakref callback", "a database module's weakref callback"])
+def test_a_signal_inside_a_callback_the_garbage_collector_runs_is_not_dropped(inside: str) -> None:
+    """Seen in CI: a SIGTERM landing in SQLAlchemy's weakref callback ``_collection_gced``, run by a collection
+    that matplotlib's allocations set off, was raised there, printed as "Exception ignored" and lost; the
+    worker ran its study to the end."""
+    callback = _signal_from_a_collected_callback
+    if inside != "a plain weakref callback":  # a frame of sqlalchemy's: held until it returns, as a database call
+        namespace = {"__name__": "sqlalchemy.event.registry", "signal": signal}
+        exec(inspect.getsource(_signal_from_a_collected_callback), namespace)
+        callback = namespace["_signal_from_a_collected_callback"]
+    reached = False
+    with pytest.raises(Interrupted), stop_on_signals():
+        cycle = _Cycle()
+        ref = weakref.ref(cycle, callback)
+        del cycle
+        gc.collect()  # the callback runs inside the collection
+        _after_the_finalizer()
+        reached = True
+    assert not reached and ref() is None
 
 
 def test_outside_database_calls_the_signal_is_raised_where_it_lands() -> None:

@@ -20,6 +20,7 @@ Raised inside a ``__del__`` or a weakref callback, it would be printed and dropp
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -84,8 +85,9 @@ def stop_on_signals() -> Iterator[None]:
     """Within the block, the first SIGINT/SIGTERM raises :class:`Interrupted`; the next one kills.
 
     A signal arriving inside a database call is raised when that call returns, in its caller;
-    inside a finalizer, at the next call or return after it (a profile hook on the main thread
-    watches for the moment).
+    inside a finalizer, at the next call or return after it; while the garbage collector runs callbacks
+    (which drop what they raise), at the next call or return after the collection (a profile hook on
+    the main thread watches for the moment).
     Only the main thread can install handlers: elsewhere (a notebook's worker thread) the block
     runs with the handlers it has.
     """
@@ -95,6 +97,7 @@ def stop_on_signals() -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
     fired = False
     held: int | None = None  # a signal waiting for a database call to return
+    collecting = False  # the garbage collector is running callbacks (weakref callbacks, finalizers)
 
     def fire(signum: int) -> NoReturn:
         nonlocal fired
@@ -110,13 +113,19 @@ def stop_on_signals() -> Iterator[None]:
             _die(signum)
             return
         call = protected_call(frame)
-        if call is None or sys.getprofile() is not None:  # (a profiler the user runs keeps its hook)
+        if (call is None and not collecting) or sys.getprofile() is not None:  # (a user's profiler keeps its hook)
             fire(signum)
         held = signum
-        returned = False  # a finalizer's caller drops what it raises: raise at the next call or return after it
+        # a finalizer's caller drops what it raises, and so does the garbage collector for any callback it runs
+        # (SQLAlchemy's weakref callbacks among them): raise at the next call or return after it, outside the
+        # collection
+        returned = call is None
 
         def on_event(current: FrameType, event: str, _arg: Any) -> None:
             nonlocal returned
+            if collecting or current.f_code is on_collection.__code__:  # (the collector's own callback too)
+                returned = returned or (event == "return" and current is call)
+                return
             if returned and event in ("call", "return"):
                 sys.setprofile(None)
                 fire(signum)
@@ -129,6 +138,11 @@ def stop_on_signals() -> Iterator[None]:
 
         sys.setprofile(on_event)
 
+    def on_collection(phase: str, _info: dict[str, int]) -> None:
+        nonlocal collecting
+        collecting = phase == "start"
+
+    gc.callbacks.append(on_collection)
     for s in _SIGNALS:
         signal.signal(s, handler)
     try:
@@ -136,6 +150,7 @@ def stop_on_signals() -> Iterator[None]:
         if held is not None and not fired:  # someone else's sys.setprofile removed the hook: raise it here, not never
             fire(held)
     finally:
+        gc.callbacks.remove(on_collection)
         if held is not None and not fired:
             sys.setprofile(None)
         for s, h in previous.items():
