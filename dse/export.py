@@ -57,7 +57,7 @@ def _images(data_cfg: DictConfig, n: int) -> str:
     return f"CIFAR-10 test set, split {split} ({source}), {n} images in dse's seeded evaluation order"
 
 
-def _scored(trial_attrs: dict, prefix: str, images: str) -> dict[str, object] | None:
+def _scored(trial_attrs: dict, prefix: str, data_cfg: DictConfig) -> dict[str, object] | None:
     if f"{prefix}accuracy" not in trial_attrs:
         return None
     n = int(trial_attrs.get(f"{prefix}n_images", 0))
@@ -66,7 +66,7 @@ def _scored(trial_attrs: dict, prefix: str, images: str) -> dict[str, object] | 
         "low": trial_attrs.get(f"{prefix}accuracy_low"),
         "high": trial_attrs.get(f"{prefix}accuracy_high"),
         "n_images": n,
-        "images": images.format(n=n),
+        "images": _images(data_cfg, n),
     }
 
 
@@ -134,9 +134,7 @@ def run_export(cfg: DictConfig) -> ExportResult:
             "cpu": platform.processor() or platform.machine(),
         }
     attrs = dict(chosen.trial.user_attrs) if chosen.trial else {}
-    search_images = _images(cfg.data, 0).replace(" 0 images", " {n} images")
     held = held_out_result(chosen.study, chosen.trial.number) if chosen.study and chosen.trial else {}
-    held_images = _images(cfg.final_eval.data, 0).replace(" 0 images", " {n} images")
     emulated = undeployable_layers(plan)
     manifest = {
         "schema_version": 1,
@@ -162,8 +160,8 @@ def run_export(cfg: DictConfig) -> ExportResult:
             ),
         },
         "accuracy": {
-            "search": _scored(attrs, "", search_images),
-            "held_out": _scored(held, "final_", held_images),
+            "search": _scored(attrs, "", cfg.data),
+            "held_out": _scored(held, "final_", cfg.final_eval.data),
             "export_check": check,
         },
         "cost": {
