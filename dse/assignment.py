@@ -122,9 +122,11 @@ def unemulated_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def layer_kind(module: nn.Module) -> str:
-    """What a targetable layer is, for grouping and cost tables: linear, depthwise, grouped, pointwise or conv."""
+    """What a targetable layer is, for grouping and cost tables: linear, depthwise, grouped, pointwise or conv;
+    a matrix of an unrolled recurrent layer (:mod:`dse.emulation.recurrent`): input_to_hidden,
+    hidden_to_hidden or projection."""
     if isinstance(module, nn.Linear):
-        return "linear"
+        return str(getattr(module, "recurrent_role", "linear"))
     assert isinstance(module, (nn.Conv1d, nn.Conv2d))
     if module.groups > 1:
         return "depthwise" if module.groups == module.in_channels else "grouped"

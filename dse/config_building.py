@@ -23,6 +23,7 @@ from dse.candidates.evaluation import Evaluator
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.retraining import RetrainSettings
 from dse.deployment.runtime import DeployedTiming
+from dse.emulation import unroll_recurrent
 from dse.exceptions import ConfigError
 from dse.objectives import parse_bounds, parse_objectives
 from dse.search_spaces import BoundSpace
@@ -51,7 +52,8 @@ __all__ = [
 
 def build_trained_model(model_cfg: Any) -> nn.Module:
     """A model config's architecture (``builder``) with its ``weights`` (null: the builder's own), in eval
-    mode, each BatchNorm folded into its convolution when ``fold_batchnorm`` (the default)."""
+    mode, each BatchNorm folded into its convolution when ``fold_batchnorm`` (the default), each GRU/LSTM/RNN
+    unrolled into one Linear per weight matrix (:func:`dse.emulation.unroll_recurrent`)."""
     builder = model_cfg.get("builder")
     if not isinstance(builder, DictConfig) or "_target_" not in builder or OmegaConf.is_missing(builder, "_target_"):
         raise ConfigError(
@@ -87,6 +89,14 @@ def build_trained_model(model_cfg: Any) -> nn.Module:
         _logger.warning(
             "model.fold_batchnorm=false: BatchNorm layers stay float32 after quantized layers and cost nothing "
             "in the cost model."
+        )
+    unrolled = unroll_recurrent(net)
+    if unrolled:
+        _logger.info(
+            "Unrolled %d recurrent layer(s) into one Linear per weight matrix (%s): each takes a multiplier, "
+            "decimal places or formats (dse/emulation/recurrent.py).",
+            len(unrolled),
+            ", ".join(unrolled),
         )
     return net
 

@@ -12,8 +12,19 @@ from dse.exceptions import SearchSpaceError
 
 __all__ = ["check_layers", "groups_by_kind", "resolve_groups"]
 
-# The order groups are listed in: the stem first, then the kinds of MobileNet/ResNet-style blocks.
-_KIND_ORDER = ("first_conv", "conv", "pointwise", "depthwise", "grouped", "linear")
+# The order groups are listed in: the stem first, then the kinds of MobileNet/ResNet-style blocks, then a
+# recurrent layer's matrices (dse.emulation.recurrent), then the classifier.
+_KIND_ORDER = (
+    "first_conv",
+    "conv",
+    "pointwise",
+    "depthwise",
+    "grouped",
+    "input_to_hidden",
+    "hidden_to_hidden",
+    "projection",
+    "linear",
+)
 
 
 def groups_by_kind(model: nn.Module) -> dict[str, str]:
@@ -23,7 +34,7 @@ def groups_by_kind(model: nn.Module) -> dict[str, str]:
     members: dict[str, list[str]] = {}
     for name, module in targetable_layers(model).items():
         kind = layer_kind(module)
-        if kind != "linear" and "first_conv" not in members:
+        if kind in ("conv", "pointwise", "depthwise", "grouped") and "first_conv" not in members:
             kind = "first_conv"
         members.setdefault(kind, []).append(name)
     return {kind: "|".join(map(re.escape, members[kind])) for kind in _KIND_ORDER if kind in members}

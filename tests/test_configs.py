@@ -18,6 +18,7 @@ from dse.search_spaces import SearchSpace, decimal_places_space
 from dse.tracking.mlflow_tracker import MlflowTracker
 from dse.training.cifar10 import CIFAR10DataModule
 from dse.training.models.tiny_cnn import tiny_cnn
+from dse.training.time_series import TimeSeriesDataModule
 from tests.conftest import compose_config
 
 
@@ -111,7 +112,7 @@ def test_every_hardware_preset_instantiates(hardware: str) -> None:
 
 @pytest.mark.parametrize("data", options("data"))
 def test_every_data_option_instantiates(data: str) -> None:
-    assert isinstance(instantiate(compose_config([f"data={data}"]).data), CIFAR10DataModule)
+    assert isinstance(instantiate(compose_config([f"data={data}"]).data), (CIFAR10DataModule, TimeSeriesDataModule))
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])

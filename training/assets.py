@@ -16,6 +16,7 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED = {
     "mobilenet_v2_cifar10": "mobilenet_v2_cifar10.pt",
     "tiny_cnn_cifar10": "tiny_cnn_cifar10.pt",
+    "gru_japanese_vowels": "gru_japanese_vowels.pt",
     "cifar10_test_subset": "cifar10_test_subset.npz",
 }
 

@@ -16,7 +16,12 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "in_layout"]
+
+
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in NHWC when asked and it is a batch of images; a batch of sequences (3-d) stays as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 class ImageClassifier(L.LightningModule):
@@ -56,9 +61,7 @@ class ImageClassifier(L.LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(in_layout(x, self.channels_last))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch

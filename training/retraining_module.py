@@ -29,7 +29,7 @@ from torch import nn
 
 from dse.emulation import fit_error_models, training_memory_format
 from dse.exceptions import DSEError
-from dse.training.classifier import ImageClassifier
+from dse.training.classifier import ImageClassifier, in_layout
 
 __all__ = ["DivergenceGuard", "ErrorModelRefit", "RetrainingClassifier", "RetrainingDiverged"]
 
@@ -72,7 +72,7 @@ class RetrainingClassifier(ImageClassifier):
         x, y = batch
         logits = self(x)
         with torch.no_grad():
-            teacher = self._teacher[0].to(x.device)(x.contiguous(memory_format=torch.channels_last))
+            teacher = self._teacher[0].to(x.device)(in_layout(x, True))
         t = self.temperature
         kd = (
             F.kl_div(
@@ -124,6 +124,4 @@ class ErrorModelRefit(L.Callback):
             net = getattr(pl_module, "net", pl_module)
             x = batch[0]
             channels_last = getattr(pl_module, "channels_last", False)
-            fit_error_models(
-                cast(nn.Module, net), x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            )
+            fit_error_models(cast(nn.Module, net), in_layout(x, channels_last))

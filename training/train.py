@@ -38,7 +38,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # A second cycle from trained weights (warm restart); a resumed run already has them.
         load_weights(net, cfg.init_weights)
         _logger.info("Starting from the weights %s", cfg.init_weights)
-    module = ImageClassifier(net, **cfg.optim)
+    # the metrics' class count follows the model's (JapaneseVowels: 9), unless optim sets it
+    module = ImageClassifier(net, **{"num_classes": int(cfg.model.builder.get("num_classes", 10)), **cfg.optim})
     datamodule = instantiate(cfg.data, test_subset=None)
     # save_top_k=1 without a monitor keeps the newest epoch; saving at train-epoch end
     # makes every epoch resumable even when validation runs less often.

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dse.exceptions import ConfigError
-from dse.training.classifier import ImageClassifier
+from dse.training.classifier import ImageClassifier, in_layout
 from dse.worker.process import allocated_threads, single_process
 
 __all__ = ["AccuracyResult", "Evaluator", "TimingResult", "default_device"]
@@ -141,7 +141,6 @@ class Evaluator:
 
     def _batches(self) -> list[torch.Tensor]:
         if self._timing_batches is None:
-            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
             # the data module's own device-side preprocessing (normalisation), as in Trainer.test
             prepare = self.datamodule.on_after_batch_transfer
             batches = [prepare((x.to(self.device), y.to(self.device)), 0) for x, y in self.datamodule.test_dataloader()]
@@ -152,7 +151,7 @@ class Evaluator:
             else:
                 self._order = torch.randperm(n, generator=torch.Generator().manual_seed(self.order_seed))
             on_device = self._order.to(self.device)
-            self._timing_batches = [x.contiguous(memory_format=memory_format) for x in images[on_device].split(size)]
+            self._timing_batches = [in_layout(x, self.channels_last) for x in images[on_device].split(size)]
             self._labels = list(labels[on_device].split(size))
         return self._timing_batches
 

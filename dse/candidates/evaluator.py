@@ -22,7 +22,7 @@ from dse.cost.macs import LayerShape, layer_shapes, unemulated_shapes, warn_unem
 from dse.deployment.layer_arithmetic import LayerDeployment, deployment_plan, undeployable_layers
 from dse.deployment.onnx_graph import candidate_graph, export_float_graph
 from dse.deployment.runtime import DeployedLatency, DeployedTiming, measure_latency
-from dse.emulation import EmulationPath, calibrate_ranges
+from dse.emulation import EmulationPath, bounded_state_ranges, calibrate_ranges
 from dse.exceptions import ConfigError
 
 __all__ = ["ENERGY_COMPONENTS", "CandidateEvaluator", "CandidateResult", "PartialEvaluation"]
@@ -91,9 +91,11 @@ class CandidateEvaluator:
         self.evaluator = evaluator
         self.energy_model = energy_model
         self.latency_model = latency_model
-        self.shapes: Mapping[str, LayerShape] = layer_shapes(model)
+        # priced per input of the data module's ``input_shape`` (a sequence: its typical length), else one image
+        input_shape = tuple(getattr(evaluator.datamodule, "input_shape", (3, 32, 32)))
+        self.shapes: Mapping[str, LayerShape] = layer_shapes(model, input_shape)
         # float32 in every candidate, and priced so: a GRU holding most MACs must not vanish from the costs
-        self.unemulated: Mapping[str, LayerShape] = unemulated_shapes(model)
+        self.unemulated: Mapping[str, LayerShape] = unemulated_shapes(model, input_shape)
         warn_unemulated(self.shapes, self.unemulated)
         self._ranges = activation_ranges  # None: measured on first use
 
@@ -120,6 +122,7 @@ class CandidateEvaluator:
         if self._ranges is None:
             model = self.model.to(self.evaluator.device)
             self._ranges = calibrate_ranges(model, self.evaluator.calibration_batches(), list(self.shapes))
+            self._ranges.update(bounded_state_ranges(model))  # a recurrent state's tanh bound, where exact
             self.model = model.cpu()
         return self._ranges
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from dse.assignment import layer_kind, targetable_layers, unemulated_layers
+from dse.emulation.recurrent import UnrolledRecurrent
 
-__all__ = ["LayerShape", "layer_shapes", "unemulated_shapes", "warn_unemulated"]
+__all__ = ["RECURRENT_GATES", "LayerShape", "layer_shapes", "unemulated_shapes", "warn_unemulated"]
+
+
+RECURRENT_GATES = "recurrent_gates"  # kind of a recurrent layer's element-wise gate arithmetic (float32)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,16 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> i
     return output.numel() * weight[0].numel()  # (C_in/groups) * kernel elements, or in_features
 
 
+def _gates_shape(name: str, module: UnrolledRecurrent, output: torch.Tensor) -> LayerShape:
+    """The element-wise gate arithmetic of an unrolled recurrent layer (float32 in every candidate): its products
+    as MACs, the gate pre-activations it reads (input and hidden products) and the states it writes."""
+    steps = output.numel() // (module.directions * (module.proj_size or module.hidden_size))  # batch x time
+    per_step = module.num_layers * module.directions * module.hidden_size
+    states = 2 if module.mode == "LSTM" else 1  # h (and an LSTM's cell c)
+    reads = steps * per_step * 2 * module.gates  # the input's and the state's products, every gate
+    return LayerShape(name, RECURRENT_GATES, module.elementwise_products(steps), 0, reads, steps * per_step * states)
+
+
 def _weight_numel(module: nn.Module) -> int:
     """A conv's or linear's weight (biases are not priced: a folded BatchNorm's shift stays free); every
     parameter of a layer dse does not emulate (a GRU's gates and biases)."""
@@ -94,14 +108,26 @@ def _record(
     def hook(name: str, module: nn.Module) -> Callable[..., None]:
         def record(_: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             out = _first_tensor(output)
-            shapes[name] = LayerShape(
-                name=name,
-                kind=kind(module),
-                macs=_macs(module, inputs, out),
-                weight_numel=_weight_numel(module),
-                input_numel=_first_tensor(inputs).numel(),
-                output_numel=out.numel(),
-            )
+            if isinstance(module, UnrolledRecurrent):  # its matrices are Linears of their own: here, the gates
+                shape = _gates_shape(name, module, out)
+            else:
+                shape = LayerShape(
+                    name,
+                    kind(module),
+                    _macs(module, inputs, out),
+                    _weight_numel(module),
+                    _first_tensor(inputs).numel(),
+                    out.numel(),
+                )
+            before = shapes.get(name)  # a layer called once per time step: its calls add up
+            if before is not None:
+                shape = replace(
+                    shape,
+                    macs=shape.macs + before.macs,
+                    input_numel=shape.input_numel + before.input_numel,
+                    output_numel=shape.output_numel + before.output_numel,
+                )
+            shapes[name] = shape
 
         return record
 
@@ -125,19 +151,29 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
 
 
 def unemulated_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, LayerShape]:
-    """The same record for the layers dse cannot emulate (:func:`dse.assignment.unemulated_layers`)."""
-    return _record(unemulated_layers(model), model, input_shape, lambda m: type(m).__name__)
+    """The same record for what dse cannot emulate (:func:`dse.assignment.unemulated_layers`), and the
+    element-wise gate arithmetic of each unrolled recurrent layer (its matrices are in :func:`layer_shapes`)."""
+    modules = {
+        **unemulated_layers(model),
+        **{n: m for n, m in model.named_modules() if isinstance(m, UnrolledRecurrent)},
+    }
+    return _record(modules, model, input_shape, lambda m: type(m).__name__)
 
 
 def warn_unemulated(searched: Mapping[str, LayerShape], unemulated: Mapping[str, LayerShape]) -> None:
     """Name the layers no assignment changes, with their share of the model's MACs: a search over the rest
     cannot move that share, and the user must know before reading a front."""
+    total = sum(s.macs for s in searched.values()) + sum(s.macs for s in unemulated.values())
+    # an unrolled recurrent layer's gate arithmetic is no layer: its matrices are searched, its element-wise
+    # products stay float32 (priced so, listed in the cost table as recurrent_gates)
+    unemulated = {n: s for n, s in unemulated.items() if s.kind != RECURRENT_GATES}
     if not unemulated:
         return
-    total = sum(s.macs for s in searched.values()) + sum(s.macs for s in unemulated.values())
     listed = ", ".join(f"{n} ({s.kind}, {100 * s.macs / max(total, 1):.1f}% of MACs)" for n, s in unemulated.items())
     warnings.warn(
         f"dse does not emulate {len(unemulated)} layer(s): {listed}. They run float32 in every candidate and are "
-        "priced as float32 layers; only Conv1d, Conv2d and Linear layers take decimal places, formats or multipliers.",
+        "priced as float32 layers; only Conv1d, Conv2d and Linear layers take decimal places, formats or multipliers "
+        "(a GRU, LSTM or RNN does once unrolled: dse.emulation.unroll_recurrent, which every model a config builds "
+        "goes through).",
         stacklevel=2,
     )

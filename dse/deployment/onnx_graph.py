@@ -21,6 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from dse.emulation.recurrent import UnrolledRecurrent
 from dse.exceptions import ConfigError
 
 from .layer_arithmetic import LayerDeployment, TensorRounding
@@ -43,6 +44,12 @@ _logger = logging.getLogger(__name__)
 def export_float_graph(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """``model`` (eval mode, on CPU) as a float32 ONNX graph with a dynamic batch dimension; parameters keep
     their state_dict names, which is how :func:`candidate_graph` finds each layer."""
+    recurrent = [name for name, m in model.named_modules() if isinstance(m, (UnrolledRecurrent, nn.RNNBase))]
+    if recurrent:  # a time loop over packed, variable-length sequences: no static graph holds it as dse runs it
+        raise ConfigError(
+            f"dse.export does not deploy recurrent layers yet ({', '.join(recurrent)}): their per-step loop over "
+            "variable-length sequences is emulated only. Compare such models with modeled_latency_us and energy_uj."
+        )
     model = model.cpu().eval()
     example = example[:1].detach().cpu().contiguous()
     with warnings.catch_warnings():

@@ -223,6 +223,8 @@ class ApproxLinear(EmulatedLayer, nn.Linear):  # type: ignore[misc]  # torch typ
             dtype=linear.weight.dtype,
         )
         layer.load_state_dict(linear.state_dict(), strict=False)
+        if hasattr(linear, "recurrent_role"):  # a recurrent layer's matrix stays one (dse.assignment.layer_kind)
+            layer.recurrent_role = linear.recurrent_role
         return layer
 
     def _exact_grads(

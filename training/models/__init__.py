@@ -50,4 +50,4 @@ def get_model(name: str, **kwargs: object) -> nn.Module:
 
 
 # Importing the modules fills the registry.
-from . import mobilenet_v2, tiny_cnn  # noqa: E402,F401
+from . import mobilenet_v2, recurrent_classifier, tiny_cnn  # noqa: E402,F401
