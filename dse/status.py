@@ -28,6 +28,7 @@ from dse.exceptions import ConfigError, DSEError
 from dse.objectives import Objective
 from dse.store_urls import SQLITE_PREFIX
 from dse.study.create import load_studies
+from dse.study.front_publication import hypervolume_reference
 from dse.study.storage import describe_storage
 from dse.tracking.pareto import front_hypervolume
 
@@ -81,7 +82,7 @@ def study_status(study: optuna.Study, storage_name: str, budget: int | None = No
         for n, d in zip(names, study.directions, strict=False)
     ]
     front = study.best_trials if complete else []
-    hv = front_hypervolume(study, objectives, study.user_attrs.get("hypervolume_reference")) if objectives else None
+    hv = front_hypervolume(study, objectives, hypervolume_reference(study, objectives)) if objectives else None
     finished = sorted(t.datetime_complete for t in complete if t.datetime_complete)[-_RECENT:]
     rate = None
     if len(finished) >= 2 and finished[-1] > finished[0]:

@@ -21,9 +21,22 @@ from dse.study.trial_policy import KEY_ATTR
 from dse.tracking.pareto import front_hypervolume
 from dse.tracking.tracker import Tracker
 
-__all__ = ["FrontPublisher"]
+__all__ = ["FrontPublisher", "hypervolume_reference"]
 
 _REFERENCE_ATTR = "hypervolume_reference"
+
+
+def hypervolume_reference(study: optuna.Study, objectives: Sequence[Objective]) -> list[float] | None:
+    """The study's stored reference, else the one its complete baseline trial gives (not stored here): a
+    worker killed between the baseline's completion and its next front refresh leaves none stored, and a
+    reader (``dse.status``) must still measure on the scale every worker uses."""
+    stored = study.user_attrs.get(_REFERENCE_ATTR)
+    if stored is not None:
+        return list(stored)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(KEY_ATTR) == BASELINE_KEY and t.values is not None:
+            return [0.0 if o.direction == "maximize" else 1.1 * v for o, v in zip(objectives, t.values, strict=False)]
+    return None
 
 
 class FrontPublisher:
@@ -46,17 +59,10 @@ class FrontPublisher:
     def reference_point(self) -> list[float] | None:
         """Hypervolume reference: 0 for maximised metrics, 1.1 x baseline for minimised ones (fixed once)."""
         stored = self.study.user_attrs.get(_REFERENCE_ATTR)
-        if stored is not None:
-            return list(stored)
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get(KEY_ATTR) == BASELINE_KEY and t.values is not None:
-                ref = [
-                    0.0 if o.direction == "maximize" else 1.1 * v
-                    for o, v in zip(self.objectives, t.values, strict=False)
-                ]
-                self.study.set_user_attr(_REFERENCE_ATTR, ref)
-                return ref
-        return None
+        ref = hypervolume_reference(self.study, self.objectives)
+        if stored is None and ref is not None:
+            self.study.set_user_attr(_REFERENCE_ATTR, ref)
+        return ref
 
     def current_hypervolume(self) -> float | None:
         return front_hypervolume(self.study, self.objectives, self.reference_point())
