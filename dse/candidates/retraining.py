@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dse.assignment import Assignment, needs_activation_ranges
+from dse.candidates.accuracy_statistics import pack_correct
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.candidates.transform import apply_assignment, recalibrate
 from dse.emulation import use_error_model
@@ -104,6 +105,7 @@ class RetrainResult:
     weights: Path
     run_id: str | None
     accuracy_recalibrated: float | None = None  # after re-measuring activation ranges (retrain.recalibrate)
+    correct_after: str | None = None  # per-image correctness after (pack_correct): paired tests against it
 
     def summary(self) -> str:
         """One line for the log: before, after, time and how it trained."""
@@ -116,8 +118,8 @@ class RetrainResult:
         return line
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (study user attributes, ``result.json``)."""
-        return {**asdict(self), "weights": str(self.weights)}
+        """JSON-ready (study user attributes, ``result.json``); the per-image correctness stays out (bulky)."""
+        return {**{k: v for k, v in asdict(self).items() if k != "correct_after"}, "weights": str(self.weights)}
 
 
 _HOW_TO_SET_THE_DATA = (
@@ -289,7 +291,7 @@ def _measure_retrained(
 ) -> RetrainResult:
     """The retrained network's bit-exact accuracy (and, with ``recalibrate``, after re-measuring its activation
     ranges), its weights saved, beside ``before`` and how it was ``reached`` (forward, error-model layers, run)."""
-    after = candidates.evaluator.accuracy(module.net.eval())  # bit-exact: no autograd here
+    top1, top5 = candidates.evaluator.correct(module.net.eval())  # bit-exact: no autograd here
     weights = save_weights(module.net.to(memory_format=torch.contiguous_format), ckpt_dir / "retrained.pt")
     recalibrated = None
     if retrain.recalibrate and needs_activation_ranges(assignment):
@@ -297,8 +299,9 @@ def _measure_retrained(
         recalibrated = candidates.evaluator.accuracy(module.net.eval()).acc_top1
     return RetrainResult(
         accuracy_before=before["accuracy"],
-        accuracy_after=after.acc_top1,
-        accuracy_top5_after=after.acc_top5,
+        accuracy_after=int(top1.sum()) / len(top1),
+        accuracy_top5_after=int(top5.sum()) / len(top5),
+        correct_after=pack_correct(top1),
         energy_uj=before["energy_uj"],
         epochs=int(retrain.epochs),
         wall_time_s=time.perf_counter() - start,

@@ -3,7 +3,9 @@
 Names: ``exact_s8`` / ``exact_u8``; ``mitchell_w{w}[_bc]_{s|u}{bits}``;
 ``truncated_t{t}_{s|u}{bits}``; ``drum_k{k}_{s|u}{bits}``; every EvoApprox circuit
 shipped with dse (``mul8s_1KV9`` ...); and ``path/to/luts.npz:circuit`` for a
-table of your own (a ``metrics.csv`` beside it is read if present).
+table of your own (a ``metrics.csv`` beside it is read if present). Any of them
+with ``_acct{t}`` appended sums its products in an accumulator without its t low
+bits (approximate accumulation, ``mitchell_w6_s8_acct6``).
 
 The registry is filled once at import; :func:`register_multiplier` raises on a
 duplicate name.
@@ -25,6 +27,7 @@ from ._exact import ExactMultiplier
 from ._lut import EVOAPPROX_DIR, LutMultiplier, load_lut_library
 from ._mitchell import MitchellMultiplier
 from ._truncated import TruncatedMultiplier
+from ._truncated_accumulation import TruncatedAccumulation
 
 __all__ = [
     "DrumMultiplier",
@@ -33,6 +36,7 @@ __all__ = [
     "LutMultiplier",
     "MitchellMultiplier",
     "Multiplier",
+    "TruncatedAccumulation",
     "TruncatedMultiplier",
     "get_multiplier",
     "list_multipliers",
@@ -43,6 +47,7 @@ __all__ = [
 
 _FACTORIES: dict[str, Callable[[], Multiplier]] = {}
 _PARAMETRIC = re.compile(r"(exact|mitchell_w(\d+)(_bc)?|truncated_t(\d+)|drum_k(\d+))_([su])(\d+)")
+_ACCUMULATION = re.compile(r"(.+)_acct(\d+)")  # any multiplier, its products summed without t low bits
 
 
 def register_multiplier(name: str, factory: Callable[[], Multiplier]) -> None:
@@ -76,6 +81,9 @@ def get_multiplier(name: str) -> Multiplier:
     """The multiplier called ``name`` (cached: tables are built once per process)."""
     if name in _FACTORIES:
         return _FACTORIES[name]()
+    accumulation = _ACCUMULATION.fullmatch(name)
+    if accumulation is not None:
+        return TruncatedAccumulation(base=get_multiplier(accumulation.group(1)), t=int(accumulation.group(2)))
     parametric = _parse_parametric(name)
     if parametric is not None:
         return parametric
@@ -87,7 +95,8 @@ def get_multiplier(name: str) -> Multiplier:
         return library[circuit]
     raise ConfigError(
         f"Unknown multiplier {name!r}; known: {', '.join(list_multipliers())}; parametric families: "
-        "mitchell_w<w>[_bc]_<s|u><bits>, truncated_t<t>_<s|u><bits>, drum_k<k>_<s|u><bits>; "
+        "mitchell_w<w>[_bc]_<s|u><bits>, truncated_t<t>_<s|u><bits>, drum_k<k>_<s|u><bits>; any of them with "
+        "_acct<t> appended (products summed without their t low bits); "
         "or path/to/luts.npz:<circuit> for your own table (dse.multipliers.list_multipliers())."
     )
 

@@ -16,14 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dse.assignment import Assignment
+from dse.candidates.accuracy_statistics import pack_correct
 from dse.candidates.evaluator import CandidateEvaluator
 from dse.config_building import build_tracker, build_trained_model, candidate_evaluator, evaluator_on
+from dse.config_paths import CONFIG_DIR
+from dse.cost.energy import EnergyModel
+from dse.exceptions import ConfigError
 from dse.tracking.tracker import Tracker
 
-__all__ = ["ReportContext", "RowLog"]
+__all__ = ["ENERGY_SPLIT", "ReportContext", "RowLog"]
+
+# the energy components a reviewer asks for (stored per hardware preset): column -> LayerEnergy attribute
+ENERGY_SPLIT = {
+    "multiply_uj": "multiply_pj",
+    "accumulate_uj": "add_pj",
+    "weight_memory_uj": "weight_memory_pj",
+    "activation_memory_uj": "activation_memory_pj",
+}
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +59,14 @@ class RowLog:
     def has(self, **key: Any) -> bool:
         wanted = self._key(key)
         return any(self._key(r) == wanted for r in self.rows)
+
+    def get(self, **key: Any) -> dict[str, Any]:
+        """The row whose columns equal ``key`` (any subset of the columns)."""
+        wanted = {k: str(v) for k, v in key.items()}
+        for row in self.rows:
+            if all(str(row.get(k)) == v for k, v in wanted.items()):
+                return row
+        raise KeyError(f"No row of {self.path} has {key}.")
 
     def add(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))
@@ -119,9 +141,54 @@ class ReportContext:
 
     @cached_property
     def test_set(self) -> CandidateEvaluator:
-        """Candidates evaluated on the full test set (``final_eval.data``), with the search set's activation
-        ranges: the model measured is the one a search scores."""
+        """Candidates evaluated on the held-out images (``final_eval.data``: the half of the test set no search,
+        calibration or screening reads), with the search set's activation ranges: the model measured is the
+        one a search scores."""
         return self.search_set.on(evaluator_on(self.cfg, self.cfg.final_eval.data))
+
+    def measure(self, assignment: Assignment, candidates: CandidateEvaluator | None = None) -> dict[str, Any]:
+        """``assignment`` on the held-out images (or ``candidates``' images): top-1, top-5, the images, their
+        per-image correctness (:mod:`dse.report.correctness`) and the cost model's energy by component."""
+        candidates = candidates if candidates is not None else self.test_set
+        top1, top5 = candidates.evaluator.correct(candidates.candidate(assignment))
+        costs = candidates.costs(candidates.cost_table(candidates.model, assignment))
+        return {
+            "top1": float(top1.float().mean()),
+            "top5": float(top5.float().mean()),
+            "images": len(top1),
+            "correct": pack_correct(top1),
+            "energy_uj": costs["energy_uj"],
+            "mean_weight_bits": costs["mean_weight_bits"],
+            **self.energy_by_preset(assignment, candidates),
+        }
+
+    @cached_property
+    def energy_presets(self) -> dict[str, EnergyModel]:
+        """The energy model of each ``report.hardware_presets`` (``conf/hardware/<name>.yaml``): every stored
+        row is priced under each, since whether a multiplier matters depends on the dataflow."""
+        presets = {}
+        for name in self.settings.get("hardware_presets", []):
+            path = CONFIG_DIR / "hardware" / f"{name}.yaml"
+            if not path.is_file():
+                known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+                raise ConfigError(f"report.hardware_presets: no preset {name!r} in conf/hardware/; known: {known}.")
+            presets[str(name)] = instantiate(OmegaConf.load(path).energy)
+        return presets
+
+    def energy_by_preset(
+        self, assignment: Assignment, candidates: CandidateEvaluator | None = None
+    ) -> dict[str, float]:
+        """``<preset>:<component>`` in uJ per inference for every preset (components: ``ENERGY_SPLIT``, and
+        ``energy_uj`` their sum); the cost model only, nothing evaluated."""
+        candidates = candidates if candidates is not None else self.search_set
+        shapes = {**candidates.shapes, **candidates.unemulated}
+        out: dict[str, float] = {}
+        for preset, model in self.energy_presets.items():
+            layers = model.estimate(candidates.model, shapes, assignment).values()
+            for component, attribute in ENERGY_SPLIT.items():
+                out[f"{preset}:{component}"] = sum(getattr(e, attribute) for e in layers) / 1e6
+            out[f"{preset}:energy_uj"] = sum(e.total_pj for e in layers) / 1e6
+        return out
 
     @cached_property
     def tracker(self) -> Tracker:

@@ -16,7 +16,7 @@ __all__ = ["write_document"]
 _INTRO = """\
 Every number below was measured by dse's own code, from the project's committed configs, and is stored
 under `{store}/` (one folder per section: CSV tables and `meta.json`, which names the commit, machine,
-evaluation sets, seeds, compute time and MLflow runs). Regenerate this file from what is stored, without
+evaluation sets, seeds and compute time). Regenerate this file from what is stored, without
 evaluating anything, with `python -m dse.report report.recompute=false`; recompute one section with
 `python -m dse.report report.stages=[<stage>] report.recompute=true`.
 
@@ -67,31 +67,38 @@ def _machines(ctx: ReportContext, stages: Sequence[Stage]) -> str:
 
 
 def _appendix(ctx: ReportContext, stages: Sequence[Stage]) -> str:
-    rows = []
+    rows, dirty = [], []
     for stage in stages:
         meta = ctx.meta(stage.name)
         if not meta.get("complete"):
             continue
+        commit = str(meta.get("commit"))
+        if commit.endswith("-dirty") or commit == "None":
+            dirty.append(stage.name)
         files = sorted(p.name for p in ctx.stage_dir(stage.name).glob("*") if p.name != "meta.json")
         rows.append(
             [
                 f"`{stage.name}`",
-                f"`{meta.get('commit')}`",
+                f"`{commit}`",
+                meta.get("finished", "?"),
                 f"{meta.get('compute_seconds', 0) / 60:.1f}",
-                f"`{meta.get('mlflow_run_id')}`",
                 ", ".join(f"`{ctx.link(ctx.stage_dir(stage.name) / f)}`" for f in files),
             ]
         )
-    extra = []
-    for stage in stages:
-        ids = ctx.meta(stage.name).get("run_ids") or {}
-        if ids:
-            extra.append(f"- `{stage.name}`: " + "; ".join(f"{k}: `{v}`" for k, v in sorted(ids.items())))
-    text = table(["stage", "commit", "compute (min)", "MLflow run (its tables)", "stored results"], rows)
-    if extra:
-        text += "\n\nRuns behind individual numbers (MLflow run ids, or Optuna study and storage):\n\n" + "\n".join(
-            extra
+    text = table(["stage", "commit", "finished (UTC)", "compute (min)", "stored results (shipped)"], rows)
+    text += (
+        "\n\nEvery file named here is in the repository: nothing above points into a store that is not shipped "
+        "(the MLflow runs and study databases a stage writes stay on the machine that computed it; the study "
+        "trials are exported in full as CSV). "
+    )
+    if dirty:
+        text += (
+            "**Computed on uncommitted code** (`report.allow_dirty=true`): "
+            + ", ".join(f"`{n}`" for n in dirty)
+            + ". Their numbers cannot be traced to a commit; recompute them from a clean checkout."
         )
+    else:
+        text += "Every stage was computed from a clean commit."
     return text
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from dse.report.context import ReportContext, RowLog
-from dse.report.markdown import pct, points, table
+from dse.report.correctness import accuracy_cell, difference_cell, p_text
+from dse.report.markdown import table
 from dse.report.paper4_retraining import assignment_of
 from dse.report.stage import Stage
 from dse.sensitivity import plot_sensitivity
@@ -30,26 +31,25 @@ def _decimals(value: object) -> int | None:
     return None if str(value) == EXACT else int(str(value))
 
 
+def fewest_within(rows: pd.DataFrame, reference: float, points_allowed: float = 1.0) -> int | None:
+    """The fewest decimal places from which every larger d stays within ``points_allowed`` of ``reference``."""
+    fewest = None
+    for _, r in rows.assign(d=rows["decimals"].astype(int)).sort_values("d", ascending=False).iterrows():
+        if 100 * (reference - r["top1"]) > points_allowed:
+            break
+        fewest = int(r["d"])
+    return fewest
+
+
 # -- experiment 1 ---------------------------------------------------------------------------------
 def compute_uniform(ctx: ReportContext) -> None:
     s = ctx.settings.uniform_decimals
     values = [*[int(d) for d in s.decimals], EXACT]
     log = ctx.rows("uniform_decimals", "accuracy", ["decimals"])
-    test = ctx.test_set
     assignments = {str(d): ({} if d == EXACT else assignment_of(ctx, None, {"decimals": _decimals(d)})) for d in values}
     for d, assignment in assignments.items():
         if not log.has(decimals=d):
-            m = test.evaluate(assignment, timing=False).metrics
-            log.add(
-                {
-                    "decimals": d,
-                    "top1": m["accuracy"],
-                    "top5": m["accuracy_top5"],
-                    "energy_uj": m["energy_uj"],
-                    "mean_weight_bits": m["mean_weight_bits"],
-                    "test_images": test.evaluator.n_images,
-                }
-            )
+            log.add({"decimals": d, **ctx.measure(assignment)})
     timing = ctx.stage_dir("uniform_decimals") / "timing.csv"
     if not timing.is_file():  # one block: its repeats are only comparable within one run
         search = ctx.search_set
@@ -101,7 +101,8 @@ def _plot_uniform(acc: pd.DataFrame, times: pd.DataFrame, path: str) -> None:
     left.plot(x, 100 * acc["top1"], marker="o")
     left.set_xticks(x, labels)
     left.set_xlabel("decimal places of every layer's weights")
-    left.set_ylabel("top-1 on the test set (%)")
+    left.set_ylabel("top-1 on the held-out images (%)")
+    left.set_ylim(0, 100)
     left.grid(alpha=0.3)
     t = times.set_index("decimals").loc[labels]
     right.errorbar(
@@ -143,7 +144,8 @@ def _time_verdict(rounded: pd.DataFrame) -> str:
     )
 
 
-_UNIFORM_COLUMNS = ["d", "top-1", "vs unrounded (points)", "weight bits (modeled)", "energy (uJ)", "time (s)"]
+_UNIFORM_COLUMNS = ["d", "top-1 [95% interval]", "vs unrounded (points, McNemar p)", "weight bits (modeled)"]
+_UNIFORM_COLUMNS += ["energy (uJ)", "time (s)"]
 _UNIFORM_COLUMNS += ["time / unrounded"]
 
 
@@ -160,8 +162,8 @@ def render_uniform(ctx: ReportContext) -> str:
         rows.append(
             [
                 r["decimals"],
-                pct(r["top1"]),
-                points(r["top1"] - base["top1"]),
+                accuracy_cell(r),
+                "reference" if r["decimals"] == EXACT else difference_cell(r, base),
                 f"{r['mean_weight_bits']:.1f}",
                 f"{r['energy_uj']:.1f}",
                 f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f})",
@@ -170,13 +172,14 @@ def render_uniform(ctx: ReportContext) -> str:
         )
     repeats = int(timing["repeat"].max()) + 1
     images, threads = int(timing["images"].iloc[0]), timing["threads"].iloc[0]
-    safe = acc[(acc["decimals"] != EXACT) & (base["top1"] - acc["top1"] <= 0.01)]
-    fewest = min((int(d) for d in safe["decimals"]), default=None)
+    fewest = fewest_within(acc[acc["decimals"] != EXACT], base["top1"])
     verdict = _time_verdict(times.drop(index=EXACT))
     return "\n\n".join(
         [
             f"Every conv/linear layer's weights rounded to d decimal places (round half to even), activations "
-            f"unchanged. Top-1 on {int(base['test_images']):,} test images; time: {repeats} repeats of one pass "
+            f"unchanged. Top-1 on the {int(base['images']):,} held-out test images (which chose nothing), with its "
+            "95% interval; each difference from the unrounded model is paired (McNemar's exact test on the same "
+            f"images). Time: {repeats} repeats of one pass "
             f"over the {images:,}-image search set on {threads} thread(s), every model once per repeat in a shuffled "
             "order; median and (min-max) over repeats.",
             table(_UNIFORM_COLUMNS, rows),
@@ -197,29 +200,28 @@ UNIFORM = Stage("uniform_decimals", "Paper 1, experiment 1: every layer at d = 1
 # -- experiments 2-4 --------------------------------------------------------------------------------
 def compute_groups(ctx: ReportContext) -> None:
     s = ctx.settings.decimals_by_group
-    search = ctx.search_set
     single = ctx.rows("decimals_by_group", "single", ["unit", "value"])
     combined = ctx.rows("decimals_by_group", "combined", ["unit", "value"])
-    base = search.evaluate({}, timing=False).metrics
-    ctx.update_meta("decimals_by_group", baseline_accuracy=base["accuracy"], baseline_energy_uj=base["energy_uj"])
+    if not single.has(unit=EXACT, value=EXACT):
+        single.add({"knob": "decimals", "unit": EXACT, "layers": 0, "value": EXACT, **ctx.measure({})})
+    base = single.table.set_index("unit").loc[EXACT]
 
     def add(log: RowLog, groups: list[str], d: int) -> None:
         unit = "+".join(groups)
         if log.has(unit=unit, value=d):
             return
         assignment = assignment_of(ctx, groups, {"decimals": d})
-        m = search.evaluate(assignment, timing=False).metrics
+        m = ctx.measure(assignment)
         log.add(
             {
                 "knob": "decimals",
                 "unit": unit,
                 "layers": len(assignment),
                 "value": d,
-                "accuracy": m["accuracy"],
-                "accuracy_drop_points": 100 * (base["accuracy"] - m["accuracy"]),
-                "energy_uj": m["energy_uj"],
+                **m,
+                "accuracy": m["top1"],
+                "accuracy_drop_points": 100 * (base["top1"] - m["top1"]),
                 "energy_saving_pct": 100 * (1 - m["energy_uj"] / base["energy_uj"]),
-                "images": search.evaluator.n_images,
             }
         )
 
@@ -233,17 +235,21 @@ def compute_groups(ctx: ReportContext) -> None:
                 add(combined, list(combo), int(d))
 
 
+_COMBINED_COLUMNS = ["types together", "d", "top-1 [95% interval]", "drop (points)", "McNemar p vs exact"]
+_COMBINED_COLUMNS += ["sum of singles", "energy saving (%)"]
+
+
 def render_groups(ctx: ReportContext) -> str:
-    single = ctx.table("decimals_by_group", "single")
+    table_ = ctx.table("decimals_by_group", "single").astype({"value": str})
     combined = ctx.table("decimals_by_group", "combined")
-    meta = ctx.meta("decimals_by_group")
+    base = table_[table_["unit"] == EXACT].iloc[0]
+    single = table_[table_["unit"] != EXACT].astype({"value": int})
     figure = ctx.figure("paper1_decimals_by_group.png")
     plot_sensitivity(single, "decimals", figure)
-    images = int(single["images"].iloc[0])
+    images = int(base["images"])
+    values = sorted(single["value"].unique())
     safe = {
-        unit: int(g.loc[g["accuracy_drop_points"] <= 1.0, "value"].min())
-        if (g["accuracy_drop_points"] <= 1.0).any()
-        else None
+        unit: fewest_within(g.rename(columns={"value": "decimals"}), base["top1"])
         for unit, g in single.groupby("unit", sort=False)
     }
     rows = [
@@ -255,10 +261,13 @@ def render_groups(ctx: ReportContext) -> str:
         ]
         for unit, d in safe.items()
     ]
-    values = sorted(single["value"].unique())
-    ranked = sorted(safe.items(), key=lambda kv: -(kv[1] or 99))
     by_drop = list(single[single["value"] == values[0]].sort_values("accuracy_drop_points", ascending=False)["unit"])
     drop = single.set_index(["unit", "value"])["accuracy_drop_points"]
+    odd = [v for v in values if v % 2 == 1]
+    odd_rows = [
+        [unit, *[difference_cell(g.set_index("value").loc[v], base) for v in odd]]
+        for unit, g in single.groupby("unit", sort=False)
+    ]
     combo_rows = []
     for _, r in combined.iterrows():
         parts = str(r["unit"]).split("+")
@@ -267,31 +276,38 @@ def render_groups(ctx: ReportContext) -> str:
             [
                 r["unit"].replace("+", " + "),
                 int(r["value"]),
+                accuracy_cell(r),
                 f"{r['accuracy_drop_points']:.1f}",
+                p_text(r, base),
                 f"{additive:.1f}",
                 f"{r['energy_saving_pct']:.1f}",
             ]
         )
+    worst = max(safe.values(), key=lambda d: d if d is not None else 99)
     return "\n\n".join(
         [
-            f"Only the named layer type takes d decimal places; every other layer stays exact. Accuracy drop in "
-            f"points against the exact model ({pct(meta['baseline_accuracy'])}) on the {images:,}-image search set.",
+            "**Experiment 2: one layer type at a time.** Only the named type takes d decimal places; every other "
+            f"layer stays exact. Accuracy drop in points against the exact model ({accuracy_cell(base)}) on the "
+            f"{images:,} held-out test images (which chose nothing).",
             table(["layer type", "layers", *[f"d={v}" for v in values], "fewest d within 1 point"], rows),
             f"![paper 1, one layer type at a time]({ctx.link(figure)})",
             f"**Sensitivity at d = {values[0]}**, most sensitive first: "
             + ", ".join(f"{u} {drop.get((u, values[0]), float('nan')):.1f}" for u in by_drop)
-            + f" points. Every type stays within 1 point from d = {ranked[0][1]} on.",
-            '**Two or more types together** (experiment 4). "Sum of singles" adds the drops each type causes '
+            + f" points. Every type stays within 1 point from d = {worst} on.",
+            "**Experiment 4: one layer type at a time, odd d** (the paper's fourth experiment, read from the same "
+            "runs): points against the exact model, with McNemar's exact p on the same images.",
+            table(["layer type", *[f"d={v}" for v in odd]], odd_rows),
+            '**Experiment 3: two or more types together.** "Sum of singles" adds the drops each type causes '
             "alone: where the measured drop is larger, the errors compound (a drop cannot take accuracy below "
             "chance, 10%, so sums beyond that only say each type alone already breaks the model).",
-            table(["types together", "d", "drop (points)", "sum of singles", "energy saving (%)"], combo_rows),
+            table(_COMBINED_COLUMNS, combo_rows),
         ]
     )
 
 
 GROUPS = Stage(
     "decimals_by_group",
-    "Paper 1, experiments 2-4: one layer type at a time, then together",
+    "Paper 1, experiments 2-4: one layer type at a time, together, and at odd d",
     compute_groups,
     render_groups,
 )

@@ -14,6 +14,7 @@ import pandas as pd
 from dse.assignment import LayerConfig
 from dse.multipliers import get_multiplier
 from dse.report.context import ReportContext
+from dse.report.correctness import accuracy_cell, difference_cell
 from dse.report.markdown import pct, points, table
 from dse.report.paper4_retraining import NAME as RETRAINING
 from dse.report.paper4_retraining import assignment_of
@@ -42,28 +43,19 @@ def compute(ctx: ReportContext) -> None:
         "bf16": {"weight_format": "bf16", "activation_format": "bf16"},
     }
     log = ctx.rows(NAME, "accuracy", ["variant"])
-    test = ctx.test_set
     for name, knobs in variants.items():
         if log.has(variant=name):
             continue
         assignment = assignment_of(ctx, None, knobs) if knobs else {}
-        m = test.evaluate(assignment, timing=False).metrics
         mul_pj, add_pj = _mac_pj(ctx, LayerConfig(**knobs))  # type: ignore[arg-type]
         log.add(
-            {
-                "variant": name,
-                "knobs": str(knobs),
-                "top1": m["accuracy"],
-                "top5": m["accuracy_top5"],
-                "energy_uj": m["energy_uj"],
-                "mac_multiply_pj": mul_pj,
-                "mac_add_pj": add_pj,
-                "test_images": test.evaluator.n_images,
-            }
+            {"variant": name, "knobs": str(knobs), **ctx.measure(assignment)}
+            | {"mac_multiply_pj": mul_pj, "mac_add_pj": add_pj}
         )
 
 
-_COLUMNS = ["variant", "top-1", "top-5", "vs fp32 (points)", "vs exact int8 (points)", "pJ per MAC"]
+_COLUMNS = ["variant", "top-1 [95% interval]", "top-5", "vs fp32 (points, McNemar p)", "vs exact int8 (points, p)"]
+_COLUMNS += ["pJ per MAC"]
 _COLUMNS += ["MAC energy saved vs bf16", "model energy (uJ)"]
 
 
@@ -77,10 +69,10 @@ def render(ctx: ReportContext) -> str:
         lines.append(
             [
                 name,
-                pct(r["top1"]),
+                accuracy_cell(r),
                 pct(r["top5"]),
-                points(r["top1"] - fp32["top1"]),
-                points(r["top1"] - int8["top1"]),
+                difference_cell(r, fp32),
+                difference_cell(r, int8),
                 f"{mac:.3f}",
                 f"{100 * (1 - mac / bf16_mac):.0f}%",
                 f"{r['energy_uj']:.1f}",
@@ -97,8 +89,9 @@ def render(ctx: ReportContext) -> str:
     ]
     parts = [
         f"Every conv/linear layer on the named multiplier (8-bit operands, per-channel weight scales, activation "
-        f"ranges calibrated on 256 search-set images), evaluated bit-exactly on {int(fp32['test_images']):,} test "
-        "images, no retraining. `bf16`: weights and activations rounded to bfloat16, products accumulated in "
+        f"ranges calibrated on 256 training images), evaluated bit-exactly on the {int(fp32['images']):,} held-out "
+        "test images, no retraining; differences are paired (McNemar's exact test on the same images). "
+        "`bf16`: weights and activations rounded to bfloat16, products accumulated in "
         "float32. Energy per MAC = multiply + add under the cost model (an approximate multiplier's multiply is "
         "the exact int8 one scaled by its power ratio; a bfloat16 multiply scales with its 8-bit significands).",
         table(_COLUMNS, lines),
@@ -126,19 +119,14 @@ def _with_retraining(ctx: ReportContext, fp32: pd.Series) -> list[str]:
     """Mitch-w6 after retraining (section "Paper 4"), if that stage is stored."""
     if not ctx.is_stored(RETRAINING):
         return []
-    retrained = ctx.table(RETRAINING, "retraining").set_index("assignment")
-    found = [n for n in ("mitchell_w6", "mitchell_w6_error_model") if n in retrained.index]
-    if not found:
+    rows = ctx.table(RETRAINING, "retraining")
+    after = rows[(rows["assignment"] == "mitchell_w6") & (rows["variant"] == "retrained")]["top1"]
+    if after.empty:
         return []
     return [
-        '**With retraining** (section "Paper 4"): '
-        + "; ".join(
-            f"{n} ({retrained.loc[n, 'training_forward']} forward) {pct(retrained.loc[n, 'before_top1'])} -> "
-            f"{pct(retrained.loc[n, 'after_top1'])}, {points(retrained.loc[n, 'after_top1'] - fp32['top1'])} "
-            "points from float32"
-            for n in found
-        )
-        + "."
+        f'**With retraining** (section "Paper 4"): Mitch-w6 reaches {pct(after.mean())} on average over '
+        f"{len(after)} seeds ({pct(after.min())}-{pct(after.max())}), {points(after.mean() - fp32['top1'])} points "
+        "from float32."
     ]
 
 

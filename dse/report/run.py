@@ -20,14 +20,29 @@ __all__ = ["run_report"]
 _logger = logging.getLogger(__name__)
 
 
+def _check_clean(ctx: ReportContext, stage: str) -> str | None:
+    """The checkout's commit; a dirty tree (or none) is refused unless ``report.allow_dirty``, so that every
+    stored number names code a reader can check out."""
+    commit = git_commit()
+    if (commit is None or commit.endswith("-dirty")) and not ctx.settings.allow_dirty:
+        what = "is not a git checkout" if commit is None else f"has uncommitted changes ({commit})"
+        raise ConfigError(
+            f"Stage {stage}: the code {what}, so its results could not be traced to a commit. Commit (or stash) "
+            "the changes to dse/, conf/, benchmarks/, search_spaces/, training/ and run the report again, or pass "
+            "report.allow_dirty=true (the document's appendix then marks the stage as computed on a dirty tree)."
+        )
+    return commit
+
+
 def _compute(ctx: ReportContext, stage: Stage) -> None:
+    commit = _check_clean(ctx, stage.name)
     started = time.perf_counter()
     data = ctx.cfg.final_eval.data
     ctx.update_meta(
         stage.name,
         complete=False,
         machine=describe_machine(),
-        commit=git_commit(),
+        commit=commit,
         seeds={
             "evaluation_order": ctx.cfg.evaluation.order_seed,
             "calibration": ctx.cfg.evaluation.calibration_seed,
@@ -47,11 +62,11 @@ def _compute(ctx: ReportContext, stage: Stage) -> None:
         spent = ctx.meta(stage.name).get("compute_seconds", 0.0) + time.perf_counter() - started
         ctx.update_meta(stage.name, compute_seconds=round(spent, 1))
     files = sorted(p for p in ctx.stage_dir(stage.name).glob("*.csv"))
-    run_id = ctx.log_run(stage.name, {"stage": stage.name, "commit": git_commit()}, files)
+    # tracked for the MLflow UI; its run id is not stored: the shipped files are the record
+    ctx.log_run(stage.name, {"stage": stage.name, "commit": commit}, files)
     ctx.update_meta(
         stage.name,
         complete=True,
-        mlflow_run_id=run_id,
         finished=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     )
     _logger.info("Stage %s computed in %.1f min", stage.name, ctx.meta(stage.name)["compute_seconds"] / 60)
