@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from dse.assignment import Assignment
@@ -129,6 +131,20 @@ class ReportContext:
         """``path`` as the document links it (relative to the document's folder)."""
         return os.path.relpath(path, Path(self.settings.output).parent)
 
+    def for_study(self, study: str, keep: tuple[str, ...] = ("",)) -> ReportContext:
+        """A context for the committed study ``study`` (its model, data, space and hardware) with this report's
+        settings, and those of the report's own overrides that start with one of ``keep`` (all by default; a
+        study on other data keeps only ``("tracking",)``)."""
+        overrides = [f"study={study}", *[o for o in self.overrides if o.startswith(keep)]]
+        if GlobalHydra.instance().is_initialized():  # inside python -m dse.report
+            cfg = compose("report", overrides)
+        else:
+            with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+                cfg = compose("report", overrides)
+        with open_dict(cfg):
+            cfg.report = self.cfg.report
+        return ReportContext(cfg, self.overrides)
+
     # -- measuring --------------------------------------------------------------------------
     @cached_property
     def model(self) -> nn.Module:
@@ -159,6 +175,7 @@ class ReportContext:
             "correct": pack_correct(top1),
             "energy_uj": costs["energy_uj"],
             "mean_weight_bits": costs["mean_weight_bits"],
+            "modeled_latency_us": costs["modeled_latency_us"],
             **self.energy_by_preset(assignment, candidates),
         }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from dse.report.context import ReportContext
 from dse.report.markdown import table
 from dse.report.stage import Stage
+from dse.report.verdicts import verdict_table
 
 __all__ = ["write_document"]
 
@@ -108,6 +109,7 @@ def write_document(ctx: ReportContext, stages: Sequence[Stage]) -> Path:
     parts = [
         "# dse results: the four papers reproduced or refuted, and dse's own benchmarks",
         f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python -m dse.report`.",
+        "## Verdicts: each claim of the papers beside dse's measurement\n\n" + verdict_table(ctx),
         _INTRO.format(store=ctx.link(ctx.store)),
         _data(ctx, stages),
         _machines(ctx, stages),

@@ -1,6 +1,6 @@
 """Paper 3: narrow number formats, uniform over the model and per layer group (a study).
 
-Uniform: every conv/linear layer takes one format for weights and activations, on the full test set.
+Uniform: every conv/linear layer takes one format for weights and activations, on the held-out images.
 Per layer group: the committed ``mobilenet_cifar10_formats`` study (accuracy, energy and modeled
 accelerator latency), its front re-evaluated on the full test set. The narrowest configuration within
 ``max_drop_points`` of float32 is the front point with the lowest modeled latency that stays within it.
@@ -25,33 +25,14 @@ NAME = "formats"
 def compute(ctx: ReportContext) -> None:
     s = ctx.settings.formats
     log = ctx.rows(NAME, "uniform", ["format"])
-    test = ctx.test_set if s.evaluation_set == "test" else ctx.search_set
     for fmt in s.uniform:
         if log.has(format=fmt):
             continue
         knobs = {} if fmt == "fp32" else {"weight_format": str(fmt), "activation_format": str(fmt)}
-        m = test.evaluate(assignment_of(ctx, None, knobs) if knobs else {}, timing=False).metrics
-        log.add(
-            {
-                "format": fmt,
-                "bits": parse_format(str(fmt)).bits,
-                "top1": m["accuracy"],
-                "top5": m["accuracy_top5"],
-                "energy_uj": m["energy_uj"],
-                "modeled_latency_us": m["modeled_latency_us"],
-                "test_images": test.evaluator.n_images,
-                "evaluation_set": str(s.evaluation_set),
-            }
-        )
+        measured = ctx.measure(assignment_of(ctx, None, knobs) if knobs else {})
+        log.add({"format": fmt, "bits": parse_format(str(fmt)).bits, **measured, "evaluation_set": "held_out"})
     study = run_study(ctx, str(s.study), list(s.study_overrides))
     study_trials(study).to_csv(ctx.stage_dir(NAME) / "study_trials.csv", index=False)
-    ctx.update_meta(
-        NAME,
-        run_ids={
-            "study": f"{study.study_name} in {ctx.work_dir / (study.study_name + '.db')}",
-            "study_parent_run": study.user_attrs.get("mlflow_parent_run_id"),
-        },
-    )
 
 
 def _uniform_rows(uniform: pd.DataFrame, base: pd.Series, limit: float) -> tuple[list[list[object]], list]:
@@ -148,7 +129,8 @@ def render(ctx: ReportContext) -> str:
     columns = ["format", "bits", "top-1", "vs fp32 (points)", "energy (uJ)", "energy saving"]
     columns += ["modeled latency (us)", "modeled speedup"]
     parts = [
-        f"**Uniform formats** on {int(base['test_images']):,} images of the {base['evaluation_set']} set "
+        f"**Uniform formats** on {int(base.get('images', base.get('test_images'))):,} images of the "
+        f"{base['evaluation_set']} set "
         "(weights and activations of every "
         "conv/linear layer in the format; products accumulated in float32). Latency is the cost model's "
         "first-order accelerator (`conf/hardware/`: 256 float32-MAC-equivalent processing elements at iso-area, "

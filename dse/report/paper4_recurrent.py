@@ -11,14 +11,10 @@ from __future__ import annotations
 import dataclasses
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 from dse.assignment import LayerConfig, targetable_layers
 from dse.candidates.retraining import retrain_candidate
 from dse.config_building import retrain_settings
-from dse.config_paths import CONFIG_DIR
 from dse.multipliers import get_multiplier
 from dse.report.context import ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell
@@ -31,26 +27,13 @@ __all__ = ["STAGE"]
 NAME = "recurrent"
 
 
-def study_context(ctx: ReportContext, study: str) -> ReportContext:
-    """A context for the committed study ``study`` (its model and data), with this report's settings."""
-    overrides = [f"study={study}", *[o for o in ctx.overrides if o.startswith("tracking")]]
-    if GlobalHydra.instance().is_initialized():  # inside python -m dse.report
-        cfg = compose("report", overrides)
-    else:
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("report", overrides)
-    with open_dict(cfg):
-        cfg.report = ctx.cfg.report
-    return ReportContext(cfg)
-
-
 def _assignment(sub: ReportContext, multiplier: str) -> dict[str, LayerConfig]:
     return {layer: LayerConfig(multiplier=multiplier) for layer in targetable_layers(sub.model)}
 
 
 def compute(ctx: ReportContext) -> None:
     s = ctx.settings.recurrent
-    sub = study_context(ctx, str(s.study))
+    sub = ctx.for_study(str(s.study), keep=("tracking",))  # its own data, not CIFAR-10
     log = ctx.rows(NAME, "recurrent", ["multiplier", "variant", "seed"])
     if not log.has(multiplier=EXACT, variant=BEFORE, seed=-1):
         log.add({"multiplier": EXACT, "variant": BEFORE, "seed": -1, "mre_pct": 0.0, **sub.measure({})})

@@ -13,6 +13,7 @@ from dse.exceptions import ConfigError
 from dse.report.context import ReportContext
 from dse.report.document import write_document
 from dse.report.machine import describe_machine, git_commit
+from dse.report.readme_results import readme_block, update_readme
 from dse.report.stage import Stage
 
 __all__ = ["run_report"]
@@ -93,4 +94,7 @@ def run_report(ctx: ReportContext, stages: Sequence[Stage]) -> Path:
         shutil.rmtree(ctx.stage_dir(name).with_name(f"{name}.previous"), ignore_errors=True)
     out = write_document(ctx, stages)
     _logger.info("Wrote %s", out)
+    if ctx.settings.get("readme"):
+        update_readme(Path(ctx.settings.readme), readme_block(ctx))
+        _logger.info("Updated the results block of %s", ctx.settings.readme)
     return out
