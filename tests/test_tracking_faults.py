@@ -168,3 +168,25 @@ def test_a_copied_mlruns_folder_never_writes_into_the_originals_artifacts(workdi
     client = mlflow.MlflowClient(f"sqlite:///{copy}/mlruns/mlflow.db")
     location = client.get_experiment_by_name("dse-copy").artifact_location
     assert location.startswith((copy / "mlruns" / "artifacts").as_uri())
+
+
+def test_a_study_resumed_with_another_tracking_store_tags_the_runs_it_has_and_skips_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen when the report resumed a finished study from another folder: the trials' run ids point into the
+    first MLflow store; tagging the front must not stop the search (it crashed on 'Run ... not found')."""
+    first = MlflowTracker(f"sqlite:///{tmp_path}/first/mlflow.db")
+    elsewhere = first.client.create_run(first.experiment_id).info.run_id
+    second = MlflowTracker(f"sqlite:///{tmp_path}/second/mlflow.db")
+    here = second.client.create_run(second.experiment_id).info.run_id
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, run_id in enumerate((elsewhere, here)):
+        trial = optuna.trial.create_trial(values=[0.5 + i, 2.0 - i], user_attrs={"mlflow_run_id": run_id})
+        study.add_trial(trial)
+    with caplog.at_level("WARNING"):
+        second.tag_pareto(study)
+        second.tag_pareto(study)  # once known missing, not looked up again
+    assert second.client.get_run(here).data.tags["pareto"] == "true"
+    assert "pareto" not in first.client.get_run(elsewhere).data.tags
+    warnings = [r for r in caplog.records if "is not in" in r.getMessage()]
+    assert len(warnings) == 1 and elsewhere in warnings[0].getMessage()

@@ -69,5 +69,6 @@ def study_trials(study: optuna.Study) -> pd.DataFrame:
     finals = pd.DataFrame([{"trial": number, **v} for number, v in held_out_results(study).items()])
     if not finals.empty:
         table = table.merge(finals, on="trial", how="left")
-    keep = [c for c in table.columns if not c.startswith(("dse_", "worker", "torch_")) and c != "layers"]
+    # nothing that points into a store the report does not ship (MLflow run ids), nor bulky per-layer data
+    keep = [c for c in table.columns if not c.startswith(("dse_", "worker", "torch_", "mlflow")) and c != "layers"]
     return table[keep].sort_values("trial").reset_index(drop=True)

@@ -35,9 +35,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Finding:
-    """What a claim's check found: the paper's number and setting, dse's, the verdict and why."""
+    """What a claim's check found: dse's number and setting, the verdict and why."""
 
-    theirs: str
     ours: str
     verdict: str
     why: str
@@ -49,6 +48,7 @@ class Claim:
 
     paper: str
     claim: str
+    theirs: str  # the paper's number and setting
     measure: Callable[[ReportContext], Finding]
 
 
@@ -76,7 +76,6 @@ def _mean_time_ratio(ctx: ReportContext, d: str) -> float:
 def _p1_baseline(ctx: ReportContext) -> Finding:
     acc = _table(ctx, "uniform_decimals", "accuracy").astype({"decimals": str}).set_index("decimals")
     return Finding(
-        "86.91% (Keras MobileNetV2, ImageNet-pretrained, 10,000 test images)",
         f"{accuracy_cell(acc.loc['exact'])} (MobileNetV2 for 32x32 trained from scratch, "
         f"{int(acc.loc['exact', 'images']):,} held-out images)",
         NOT_COMPARABLE,
@@ -90,7 +89,6 @@ def _p1_d4_accuracy(ctx: ReportContext) -> Finding:
     delta, p = 100 * (d4["top1"] - exact["top1"]), paired_p(d4, exact)
     same = p >= 0.05 and abs(delta) < 0.5
     return Finding(
-        "86.95%, +0.04 points",
         f"{accuracy_cell(d4)}, {delta:+.2f} points (McNemar p {p:.2g})",
         REPRODUCED if same else REFUTED,
         "no held-out image changes significantly" if same else "d = 4 differs significantly from the exact model",
@@ -102,7 +100,6 @@ def _p1_d4_time(ctx: ReportContext) -> Finding:
     ratio = _mean_time_ratio(ctx, "4")
     faster = ratio < 0.9
     return Finding(
-        "69.04 s vs 87.72 s: 0.79x",
         f"{ratio:.3f}x the unrounded model's time (median of interleaved repeats, this CPU)",
         REPRODUCED if faster else REFUTED,
         "rounded float32 weights are still float32: the same instructions on the same operands"
@@ -120,7 +117,6 @@ def _p1_types(ctx: ReportContext) -> Finding:
     recovered = rest[rest["value"] >= 3].groupby("unit")["accuracy_drop_points"].max()
     ok = bool(broken) and (recovered <= 1.0).all()
     return Finding(
-        "collapse at d = 1, recovery by d = 3-4",
         f"d = 1 breaks {', '.join(broken) or 'no type'}; from d = 3 every type within "
         f"{recovered.max():.2f} points ({int(exact['images']):,} held-out images)",
         REPRODUCED if ok else REFUTED,
@@ -134,7 +130,6 @@ def _p1_combined(ctx: ReportContext) -> Finding:
     by_d = widest.set_index("value")["accuracy_drop_points"]
     ok = by_d.loc[by_d.index >= 3].max() <= 1.0 if (by_d.index >= 3).any() else False
     return Finding(
-        "combined types tolerate the same d as alone",
         "all four types together: drop "
         + ", ".join(f"{v:.2f} at d = {int(d)}" for d, v in by_d.sort_index().items())
         + " points",
@@ -152,7 +147,6 @@ def _p2_mitchell(ctx: ReportContext) -> Finding:
     top5 = 100 * (mitch["top5"] - fp32["top5"])
     top1, p = 100 * (mitch["top1"] - fp32["top1"]), paired_p(mitch, fp32)
     return Finding(
-        "top-5 error within 0.2 points of FP32 (ResNet, Inception-v4, ImageNet)",
         f"top-1 {accuracy_cell(mitch)}, {top1:+.2f} points (p {p:.2g}); top-5 {top5:+.2f} points "
         "(MobileNetV2, CIFAR-10)",
         REFUTED if top1 < -1 and p < 0.05 else REPRODUCED,
@@ -168,7 +162,6 @@ def _p2_energy(ctx: ReportContext) -> Finding:
     saved = 100 * (1 - mac["mitchell_w6_s8"] / mac["bf16"])
     int8 = 100 * (1 - mac["exact_int8"] / mac["bf16"])
     return Finding(
-        "up to 80% (their synthesis)",
         f"{saved:.0f}% (priced from the paper's own figure); exact int8 MAC {int8:.0f}% under the same model",
         NOT_COMPARABLE,
         "dse has no synthesis of its own for Mitchell: quoting the figure back is not a reproduction",
@@ -184,7 +177,7 @@ def _p2_additions(ctx: ReportContext) -> Finding:
         f"{m} with {int(r['truncated_bits'])} accumulator bits dropped: {100 * (r['top1'] - exact_acc[m]):+.2f} points"
         for m, r in worst.iterrows()
     )
-    return Finding("argued, not measured", ours, outcome, why)
+    return Finding(ours, outcome, why)
 
 
 # -- paper 3 -------------------------------------------------------------------------------------------
@@ -195,7 +188,6 @@ def _p3_speedup(ctx: ReportContext) -> Finding:
     narrowest = within.sort_values("bits").iloc[0]
     speedup = fp32["modeled_latency_us"] / narrowest["modeled_latency_us"]
     return Finding(
-        "7.6x on average (their accelerator, GoogLeNet/VGG, ImageNet)",
         f"{speedup:.2f}x modeled ({narrowest.name}, uniform, {accuracy_cell(narrowest)})",
         NOT_COMPARABLE,
         "a first-order iso-area accelerator model, not their hardware: the factor is a different quantity",
@@ -208,7 +200,6 @@ def _p3_search(ctx: ReportContext) -> Finding:
     rows = ctx.table("search_efficiency", "search_efficiency")
     tpe = rows[rows["sampler"] == "tpe (default)"].iloc[0]
     return Finding(
-        "faster than exhaustive evaluation (their heuristic)",
         f"TPE reaches 95% of the true front's hypervolume in a median of {tpe['to 95% (median)']:g} evaluations "
         f"({tpe['to 95% (min-max)']}) of 625, {int(tpe['seeds'])} seeds",
         REPRODUCED,
@@ -222,7 +213,6 @@ def _p4_depthwise(ctx: ReportContext) -> Finding:
         raise _Pending("stage `emulation_speed` not computed")
     speed = ctx.table("emulation_speed", "emulation_speed")
     return Finding(
-        "supported, GPU-accelerated",
         f"every layer incl. depthwise on {len(speed)} multipliers, bit-exact {bool(speed['bit_exact'].all())}, "
         f"worst {speed['model_ratio'].max():.2f}x the exact model's time (CPU)",
         REPRODUCED,
@@ -237,7 +227,6 @@ def _p4_recurrent(ctx: ReportContext) -> Finding:
     within = (100 * (exact["top1"] - as_is["top1"]) <= 1).sum()
     rho = as_is["mre_pct"].corr(as_is["top1"], method="spearman")
     return Finding(
-        "keyword-spotting RNNs: savings with negligible loss",
         f"GRU: {within} of {len(as_is)} multipliers within 1 point of {accuracy_cell(exact)} "
         f"({int(exact['images'])} held-out sequences); Spearman(MRE, accuracy) {rho:+.2f}",
         REPRODUCED if within > 0 and rho < 0 else REFUTED,
@@ -260,7 +249,6 @@ def _p4_retraining(ctx: ReportContext) -> Finding:
         parts.append(f"{name} {gain:+.1f} ({extra:+.1f} beyond batch-norm re-estimation)")
     ok = all(b > 1 for b in beyond)
     return Finding(
-        "negligible loss after retraining (MobileNet, ImageNet)",
         "points won back, mean of " + f"{retrained['seed'].nunique()} seeds: " + "; ".join(parts),
         REPRODUCED if ok else REFUTED,
         "retraining adds more than re-estimating batch norm for every assignment"
@@ -270,19 +258,46 @@ def _p4_retraining(ctx: ReportContext) -> Finding:
 
 
 CLAIMS: list[Claim] = [
-    Claim("1", "baseline accuracy", _p1_baseline),
-    Claim("1", "d = 4 keeps the accuracy", _p1_d4_accuracy),
-    Claim("1", "fewer decimals take less time (d = 4)", _p1_d4_time),
-    Claim("1", "experiments 2 and 4: one layer type at a time", _p1_types),
-    Claim("1", "experiment 3: layer types combined", _p1_combined),
-    Claim("2", "Mitch-w6 without retraining", _p2_mitchell),
-    Claim("2", "a Mitch-w6 MAC saves up to 80% vs bfloat16", _p2_energy),
-    Claim("2", "multiplications may be approximated, additions must stay exact", _p2_additions),
-    Claim("3", "7.6x speedup with < 1% loss (narrow formats)", _p3_speedup),
-    Claim("3", "a search finds the precision configuration far faster than trying every one", _p3_search),
-    Claim("4", "depthwise layers emulated (MobileNet)", _p4_depthwise),
-    Claim("4", "recurrent layers tolerate approximation; accuracy degrades with approximation level", _p4_recurrent),
-    Claim("4", "approximate retraining recovers accuracy", _p4_retraining),
+    Claim(
+        "1", "baseline accuracy", "86.91% (Keras MobileNetV2, ImageNet-pretrained, 10,000 test images)", _p1_baseline
+    ),
+    Claim("1", "d = 4 keeps the accuracy", "86.95%, +0.04 points", _p1_d4_accuracy),
+    Claim("1", "fewer decimals take less time (d = 4)", "69.04 s vs 87.72 s: 0.79x", _p1_d4_time),
+    Claim("1", "experiments 2 and 4: one layer type at a time", "collapse at d = 1, recovery by d = 3-4", _p1_types),
+    Claim("1", "experiment 3: layer types combined", "combined types tolerate the same d as alone", _p1_combined),
+    Claim(
+        "2",
+        "Mitch-w6 without retraining",
+        "top-5 error within 0.2 points of FP32 (ResNet, Inception-v4, ImageNet)",
+        _p2_mitchell,
+    ),
+    Claim("2", "a Mitch-w6 MAC saves up to 80% vs bfloat16", "up to 80% (their synthesis)", _p2_energy),
+    Claim("2", "multiplications may be approximated, additions must stay exact", "argued, not measured", _p2_additions),
+    Claim(
+        "3",
+        "7.6x speedup with < 1% loss (narrow formats)",
+        "7.6x on average (their accelerator, GoogLeNet/VGG, ImageNet)",
+        _p3_speedup,
+    ),
+    Claim(
+        "3",
+        "a search finds the precision configuration far faster than trying every one",
+        "faster than exhaustive evaluation (their heuristic)",
+        _p3_search,
+    ),
+    Claim("4", "depthwise layers emulated (MobileNet)", "supported, GPU-accelerated", _p4_depthwise),
+    Claim(
+        "4",
+        "recurrent layers tolerate approximation; accuracy degrades with approximation level",
+        "keyword-spotting RNNs: savings with negligible loss",
+        _p4_recurrent,
+    ),
+    Claim(
+        "4",
+        "approximate retraining recovers accuracy",
+        "negligible loss after retraining (MobileNet, ImageNet)",
+        _p4_retraining,
+    ),
 ]
 
 
@@ -293,8 +308,10 @@ def verdicts(ctx: ReportContext) -> list[Verdict]:
         try:
             found = claim.measure(ctx)
         except _Pending as why:
-            found = Finding("-", "-", PENDING, str(why))
-        out.append(Verdict(claim.paper, claim.claim, found.theirs, found.ours, found.verdict, found.why))
+            found = Finding("-", PENDING, str(why))
+        except FileNotFoundError as missing:  # a stage marked complete without one of its files
+            found = Finding("-", PENDING, f"{missing.args[0]} is missing; recompute its stage")
+        out.append(Verdict(claim.paper, claim.claim, claim.theirs, found.ours, found.verdict, found.why))
     return out
 
 

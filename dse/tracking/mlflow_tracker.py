@@ -149,7 +149,7 @@ class MlflowTracker:
         if location and tracking_uri.startswith(SQLITE_PREFIX):
             self._check_not_moved(location)
         self.parent_run_id: str | None = None
-        self._pareto_tags: dict[str, bool] = {}  # run id -> the pareto tag last set
+        self._pareto_tags: dict[str, bool | None] = {}  # run id -> the pareto tag last set (None: not in this store)
 
     def _check_not_moved(self, configured: str) -> None:
         """MLflow stores an experiment's artifact folder as an absolute path: a copied or moved store would
@@ -441,13 +441,31 @@ class MlflowTracker:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             run_id = t.user_attrs.get("mlflow_run_id")
             on = t.number in front
+            if run_id and run_id in self._pareto_tags and self._pareto_tags[run_id] is None:
+                continue  # not in this store
             if run_id and self._pareto_tags.get(run_id) != on:
                 # several workers tag the same runs: MLflow's insert-if-absent races on SQL stores
                 # (UNIQUE constraint failed); the retry finds the row and updates it
-                retry_on_race(
-                    functools.partial(self.client.set_tag, run_id, "pareto", "true" if on else "false"),
-                    is_write_race,
-                )
+                try:
+                    retry_on_race(
+                        functools.partial(self.client.set_tag, run_id, "pareto", "true" if on else "false"),
+                        is_write_race,
+                    )
+                except mlflow.exceptions.MlflowException as exc:
+                    if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    # the trial was tracked into another MLflow store (the study resumed with another
+                    # tracking URI): its run is not here to tag; the study itself is unaffected
+                    if not any(v is None for v in self._pareto_tags.values()):
+                        _logger.warning(
+                            "Trial %d's MLflow run %s is not in %s (the study was tracked elsewhere before): "
+                            "runs from that store keep their pareto tags there.",
+                            t.number,
+                            run_id,
+                            self.tracking_uri,
+                        )
+                    self._pareto_tags[run_id] = None
+                    continue
                 self._pareto_tags[run_id] = on
 
     def log_standalone_run(
