@@ -363,17 +363,25 @@ def _plot(curves: dict[str, list[list[float]]], path: Path, grid: int | None) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, histories in curves.items():
+    # the default sampler last and thickest, so no other curve hides it; each with its seeds' spread
+    order = sorted(curves, key=lambda name: "(default)" in name and "+" not in name)
+    for name in order:
+        histories = curves[name]
         n = min(len(h) for h in histories)
-        median = np.median(np.array([h[:n] for h in histories]), axis=0)
-        ax.plot(np.arange(1, n + 1), 100 * median, label=name)
+        runs = 100 * np.array([h[:n] for h in histories])
+        x = np.arange(1, n + 1)
+        default = "(default)" in name and "+" not in name
+        (line,) = ax.plot(
+            x, np.median(runs, axis=0), label=name, lw=2.4 if default else 1.2, zorder=3 if default else 2
+        )
+        ax.fill_between(x, *np.percentile(runs, [25, 75], axis=0), color=line.get_color(), alpha=0.15, lw=0)
     for f in FRACTIONS:
         ax.axhline(100 * f, c="0.8", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel(f"distinct evaluations (of {grid})" if grid else "distinct evaluations")
     whose = "the true front's" if grid else "the best front known"
     ax.set_ylabel(f"hypervolume, % of {whose}")
-    ax.set_title("median over seeds", fontsize=9)
+    ax.set_title("median (line) and interquartile range (band) over seeds", fontsize=9)
     lowest = min(float(np.median([h[0] for h in histories])) for histories in curves.values())
     ax.set_ylim(min(50.0, 100 * lowest - 5), 100.5)
     ax.grid(alpha=0.3)

@@ -161,6 +161,8 @@ def render_emulation(ctx: ReportContext) -> str:
     ]
     first = rows.iloc[0]
     worst = rows.loc[rows["model_ratio"].idxmax()]
+    figure = ctx.figure("emulation_speed.png")
+    _plot_speed(rows, figure)
     return "\n\n".join(
         [
             f"`benchmarks/emulation_speed.py`: MobileNetV2-for-CIFAR, a batch of {int(first['batch'])} random "
@@ -182,9 +184,36 @@ def render_emulation(ctx: ReportContext) -> str:
             ),
             f"Worst: {worst['table']} at **{worst['model_ratio']:.2f}x** the exact model's time; median over "
             f"{len(rows)} multipliers {rows['model_ratio'].median():.2f}x.",
+            f"![emulation time of every multiplier]({ctx.link(figure)})",
             f"**Anchors.** {_measured_anchors(ctx)}Reported by the tools themselves, not measured here: {s.anchors}",
         ]
     )
+
+
+def _plot_speed(rows: pd.DataFrame, path: Path) -> None:
+    """Each multiplier's whole-model time as a multiple of the exact model's, with the repeats' range, by path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows.sort_values("model_ratio")
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.22 * len(rows)))
+    colors = {"separable": "tab:green", "kernel": "tab:blue"}
+    kind = [str(p).split("/")[0] for p in rows["paths"]]
+    err = [rows["model_ratio"] - rows["model_ratio_min"], rows["model_ratio_max"] - rows["model_ratio"]]
+    ax.barh(rows["table"], rows["model_ratio"], xerr=err, capsize=2, color=[colors.get(k, "tab:grey") for k in kind])
+    for name, color in colors.items():
+        ax.barh([], [], color=color, label=f"{name} path")
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_xlabel("whole-model time / exact float32 model's (median, range over repeats)")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _measured_anchors(ctx: ReportContext) -> str:

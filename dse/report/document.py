@@ -23,29 +23,36 @@ evaluating anything, with `python -m dse.report report.recompute=false`; recompu
 
 **Cost model.** Energy is modeled per inference at 45 nm (Horowitz, ISSCC 2014; `conf/hardware/`):
 multiplications, additions and memory traffic, with an approximate multiplier's energy scaled by its power
-ratio from EvoApprox. It is a model of hardware that would be built, never the time the emulation takes
-on this CPU."""
+ratio from EvoApprox. Every measured row is priced under both presets: `horowitz_45nm` (weights read from
+DRAM for every image: memory dominates) and `horowitz_45nm_onchip` (weights on chip, shared by a batch of
+64: the multiply-accumulate array is the larger share). It is a model of hardware that would be built,
+never the time the emulation takes on this CPU."""
 
 
 def _data(ctx: ReportContext, stages: Sequence[Stage]) -> str:
-    """Which data the stored stages read: the search set, and the test set's source (an .npz or the download)."""
+    """Which images the stored stages read: the search set, the held-out half, and their source."""
     metas = [ctx.meta(s.name) for s in stages if ctx.meta(s.name).get("complete")]
     sources = {m["test_set"]["source"] for m in metas if "test_set" in m}
-    subsets = {m["test_set"].get("test_subset") for m in metas if "test_set" in m} - {None}
-    test = f"a stratified {min(subsets):,}-image part of the test set" if subsets else "all 10,000 test images"
     text = (
-        "**Data.** CIFAR-10. The search set is the stratified 2,000-image subset of the test set that ships with "
-        f'dse (200 images per class) unless a section says otherwise; "test set" means {test}. '
+        "**Data.** CIFAR-10, whose 10,000 test images dse splits into two fixed, stratified halves: searches, "
+        "screening and every choice score candidates on the *search* half (the shipped 2,000-image subset of "
+        "it by default), and every accuracy this report gives is measured on the other, *held-out* half (5,000 "
+        "images) unless a section says otherwise, so no reported accuracy comes from the images that chose it. "
+        "Activation ranges are calibrated on 256 training images. Intervals are Wilson's 95% score intervals; "
+        "a difference between two models on the same images is tested with McNemar's exact test (p). "
     )
     if "npz" in sources:
         text += (
-            "The test and training images were read from an offline `.npz` copy of CIFAR-10 whose pixels were "
-            "decoded from JPEG files: they differ slightly from torchvision's download, so accuracies can differ "
-            "from a run on the download by a few tenths of a point. "
+            "The images were read from an offline `.npz` copy of CIFAR-10 whose pixels were decoded from JPEG "
+            "files: they differ slightly from torchvision's download, so accuracies can differ from a run on the "
+            "download by a few tenths of a point. "
         )
     if "torchvision" in sources:
         text += "Images from torchvision's CIFAR-10 download. "
-    return text + f"The model is `{ctx.cfg.model.name}` with dse's shipped weights."
+    return (
+        text
+        + f"The model is `{ctx.cfg.model.name}` with dse's shipped weights (BatchNorm folded into the convolutions)."
+    )
 
 
 def _machines(ctx: ReportContext, stages: Sequence[Stage]) -> str:

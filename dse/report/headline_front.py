@@ -31,8 +31,14 @@ from dse.tracking.pareto import hypervolume, non_dominated, reference_kind
 __all__ = ["STAGE", "hypervolume_gain"]
 
 NAME = "headline_front"
-EXACT, INT8, UNIFORM, FRONT = "exact", "exact_int8", "uniform", "front"
-_ROLE_ORDER = {EXACT: 0, INT8: 1, UNIFORM: 2, FRONT: 3}
+EXACT, INT8, UNIFORM, FORMAT, FRONT = "exact", "exact_int8", "uniform", "format", "front"
+_ROLE_ORDER = {EXACT: 0, INT8: 1, UNIFORM: 2, FORMAT: 3, FRONT: 4}
+_REFERENCES = [  # role, colour and legend of each reference, starred in the figure
+    (UNIFORM, "tab:green", "uniform settings of the space"),
+    (FORMAT, "tab:purple", "narrowest uniform format within 1 point"),
+    (INT8, "tab:red", "exact int8"),
+    (EXACT, "black", "exact model"),
+]
 
 
 def compute(ctx: ReportContext) -> None:
@@ -111,21 +117,12 @@ def _plot(points: pd.DataFrame, presets: list[str], path: str) -> None:
         )
         for _, r in front.iterrows():
             ax.plot([r[energy]] * 2, [100 * r["search_top1"], 100 * r["top1"]], color="grey", lw=0.6)
-        for role, marker, color in ((UNIFORM, "*", "tab:green"), (INT8, "*", "tab:red"), (EXACT, "*", "black")):
+        for role, color, name in _REFERENCES:
             ref = points[points["role"] == role]
-            ax.scatter(
-                ref[energy],
-                100 * ref["top1"],
-                marker=marker,
-                s=140,
-                color=color,
-                zorder=5,
-                label={UNIFORM: "uniform settings of the space", INT8: "exact int8", EXACT: "exact model"}[role],
-            )
+            if not ref.empty:
+                ax.scatter(ref[energy], 100 * ref["top1"], marker="*", s=140, color=color, zorder=5, label=name)
         best = points[non_dominated(points["top1"].to_numpy(), points[energy].to_numpy())].sort_values(energy)
-        ax.step(
-            best[energy], 100 * best["top1"], where="post", color="tab:blue", alpha=0.4, label="held-out front (all)"
-        )
+        ax.step(best[energy], 100 * best["top1"], where="post", alpha=0.4, label="held-out front of every point")
         ax.set_xscale("log")
         ax.set_ylim(low, 100 * points["top1"].max() + 1.5)
         ax.set_xlabel(f"modeled energy per inference, {preset} (uJ, log)")
@@ -172,11 +169,25 @@ def _beats(points: pd.DataFrame, energy: str) -> tuple[list[str], list[str]]:
     return kept, beaten
 
 
+def _narrowest_format(ctx: ReportContext) -> pd.DataFrame:
+    """The narrowest uniform number format within the formats stage's limit of float32, as one more reference
+    (from that stage's held-out rows, on the same images; empty until it is stored under the held-out protocol)."""
+    if not ctx.is_stored("formats"):
+        return pd.DataFrame()
+    uniform = ctx.table("formats", "uniform")
+    if "correct" not in uniform.columns:
+        return pd.DataFrame()
+    fp32 = uniform[uniform["format"] == "fp32"].iloc[0]
+    within = uniform[100 * (fp32["top1"] - uniform["top1"]) <= float(ctx.settings.formats.max_drop_points)]
+    best = within.sort_values("bits").iloc[[0]]
+    return best.assign(label=f"uniform format {best['format'].iloc[0]} (narrowest within 1 point)", role=FORMAT)
+
+
 def render(ctx: ReportContext) -> str:
     s = ctx.settings.headline_front
     meta = ctx.meta(NAME)
     trials = ctx.table(NAME, "trials")
-    points = ctx.table(NAME, "held_out")
+    points = pd.concat([ctx.table(NAME, "held_out"), _narrowest_format(ctx)], ignore_index=True)
     points = points.assign(order=points["role"].map(_ROLE_ORDER)).sort_values(["order", "energy_uj"])
     presets = [p for p in ctx.settings.hardware_presets if f"{p}:energy_uj" in points]
     search_preset = str(meta.get("search_preset"))
@@ -240,7 +251,8 @@ def render(ctx: ReportContext) -> str:
             f"Study `{s.study}` (`conf/study/{s.study}.yaml`): every layer group takes an approximate multiplier or "
             f"float32, and a number of decimal places for its weights; {len(trials)} trials scored on the "
             f"{n_search:,}-image search set under `{search_preset}`. Its {len(front)} front points and the "
-            "references (the exact model, exact int8 on every layer, every uniform setting of the space) were then "
+            "references (the exact model, exact int8 on every layer, every uniform setting of the space, and the "
+            "narrowest uniform number format within 1 point once section 5 is measured) were then "
             f"measured on the {int(exact['images']):,} held-out test images, which chose nothing; differences from "
             "the exact model are paired (McNemar). Energy is priced under each hardware preset: weights from DRAM "
             "for every image (`horowitz_45nm`), or on chip and shared by a batch of 64 (`horowitz_45nm_onchip`).",

@@ -14,6 +14,7 @@ import pandas as pd
 from dse.multipliers import get_multiplier
 from dse.report.context import ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell
+from dse.report.figures import accuracy_bars
 from dse.report.markdown import table
 from dse.report.paper4_retraining import assignment_of
 from dse.report.stage import Stage
@@ -105,6 +106,12 @@ def render(ctx: ReportContext) -> str:
             )
     outcome, why = verdict(rows)
     n = int(rows["images"].iloc[0])
+    figure = ctx.figure("paper2_accumulation.png")
+    labels = [
+        f"{m}, {'exact' if t == 0 else f'{t} bits dropped'}"
+        for m, t in zip(rows["multiplier"], rows["truncated_bits"], strict=True)
+    ]
+    accuracy_bars(rows, labels, None, figure, "Exact against truncated accumulation, same multiplier")
     return "\n\n".join(
         [
             "Every conv/linear layer on the named 8-bit multiplier; its products summed exactly (int32) or by an "
@@ -113,6 +120,7 @@ def render(ctx: ReportContext) -> str:
             "the same multiplier's exact accumulation (McNemar). The product error columns are over every operand "
             "pair (8-bit signed): the multiplier's own error plus the truncation's.",
             table(_COLUMNS, lines),
+            f"![exact against truncated accumulation]({ctx.link(figure)})",
             f"**Verdict: {outcome}.** {why}. The truncation's error is one-sided (always down), so it adds up "
             "over a dot product of hundreds of terms instead of averaging out; a multiplier's error, one-sided "
             "too for Mitchell, is relative to each product and scaled away by the next layer's normalisation.",

@@ -15,6 +15,7 @@ from dse.assignment import LayerConfig
 from dse.multipliers import get_multiplier
 from dse.report.context import ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell
+from dse.report.figures import accuracy_bars
 from dse.report.markdown import pct, points, table
 from dse.report.paper4_retraining import NAME as RETRAINING
 from dse.report.paper4_retraining import assignment_of
@@ -62,6 +63,8 @@ _COLUMNS += ["MAC energy saved vs bf16", "model energy (uJ)"]
 def render(ctx: ReportContext) -> str:
     rows = ctx.table(NAME, "accuracy").set_index("variant")
     fp32, int8, bf16 = rows.loc["fp32"], rows.loc["exact_int8"], rows.loc["bf16"]
+    figure = ctx.figure("paper2_mitchell.png")
+    accuracy_bars(rows, list(rows.index), float(fp32["top1"]), figure, "Every conv/linear layer on one multiplier")
     bf16_mac = bf16["mac_multiply_pj"] + bf16["mac_add_pj"]
     lines = []
     for name, r in rows.iterrows():
@@ -95,6 +98,7 @@ def render(ctx: ReportContext) -> str:
         "float32. Energy per MAC = multiply + add under the cost model (an approximate multiplier's multiply is "
         "the exact int8 one scaled by its power ratio; a bfloat16 multiply scales with its 8-bit significands).",
         table(_COLUMNS, lines),
+        f"![Mitchell's multiplier against float32, int8 and bfloat16]({ctx.link(figure)})",
         f'**Against the paper\'s "up to 80%".** dse prices the 8-bit Mitch-w6 MAC from that very figure '
         f"({get_multiplier(priced).power_source}), so its {saving:.0f}% saving against a bfloat16 MAC "
         "is the paper's number by construction, not a reproduction of it; other w have no published figure and "

@@ -8,10 +8,14 @@ accelerator latency), its front re-evaluated on the full test set. The narrowest
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from dse.numerics.formats import parse_format
 from dse.report.context import ReportContext
+from dse.report.correctness import accuracy_cell
+from dse.report.figures import accuracy_bars
 from dse.report.markdown import pct, points, table
 from dse.report.paper4_retraining import assignment_of
 from dse.report.stage import Stage
@@ -45,7 +49,7 @@ def _uniform_rows(uniform: pd.DataFrame, base: pd.Series, limit: float) -> tuple
             [
                 r["format"],
                 int(r["bits"]),
-                pct(r["top1"]),
+                accuracy_cell(r) if "images" in r else pct(r["top1"]),
                 points(r["top1"] - base["top1"]),
                 f"{r['energy_uj']:.1f}",
                 f"{base['energy_uj'] / r['energy_uj']:.2f}x",
@@ -118,6 +122,15 @@ def _per_group(ctx: ReportContext, limit: float, uniform_speedup: float, narrowe
     ]
 
 
+def _plot_formats(uniform: pd.DataFrame, base: pd.Series, path: Path) -> bool:
+    """The uniform formats' accuracies with their intervals (stages stored with per-image results only)."""
+    if "images" not in uniform.columns:
+        return False
+    labels = [f"{r['format']} ({int(r['bits'])} bits)" for _, r in uniform.iterrows()]
+    accuracy_bars(uniform, labels, float(base["top1"]), path, "Weights and activations of every layer in one format")
+    return True
+
+
 def render(ctx: ReportContext) -> str:
     limit = float(ctx.settings.formats.max_drop_points)
     uniform = ctx.table(NAME, "uniform")
@@ -126,6 +139,8 @@ def render(ctx: ReportContext) -> str:
     bits, narrowest = min(within)
     narrow_row = uniform[uniform["format"] == narrowest].iloc[0]
     uniform_speedup = base["modeled_latency_us"] / narrow_row["modeled_latency_us"]
+    figure = ctx.figure("paper3_formats.png")
+    plotted = _plot_formats(uniform, base, figure)
     columns = ["format", "bits", "top-1", "vs fp32 (points)", "energy (uJ)", "energy saving"]
     columns += ["modeled latency (us)", "modeled speedup"]
     parts = [
@@ -136,6 +151,7 @@ def render(ctx: ReportContext) -> str:
         "first-order accelerator (`conf/hardware/`: 256 float32-MAC-equivalent processing elements at iso-area, "
         "a narrower multiplier fits more of them; one LPDDR4 channel), never this CPU's time.",
         table(columns, rows),
+        *([f"![uniform formats]({ctx.link(figure)})"] if plotted else []),
         f"Narrowest uniform format within {limit:g} point of float32: **{narrowest}** ({bits} bits), "
         f"{uniform_speedup:.2f}x modeled speedup and "
         f"{base['energy_uj'] / narrow_row['energy_uj']:.2f}x less energy.",
