@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from dse.exceptions import DataError
 from dse.training.assets import resolve_asset
+from dse.training.tensor_data import TensorDataModule
 
 __all__ = [
     "CALIBRATION_POOL",
@@ -251,7 +251,7 @@ def _calibration_pool(arrays: CIFAR10Arrays, seed: int) -> np.ndarray | None:
     return np.ascontiguousarray(arrays.x_train[pick])
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(TensorDataModule):
     """CIFAR-10 train/test loaders; ``test_split`` picks a half of the test set and ``test_subset`` a
     stratified, seeded subset of it.
 
@@ -303,10 +303,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.augment = augment
         self.num_workers = num_workers
         self.test_indices: np.ndarray | None = None
-        self._train: TensorDataset | None = None
-        self._val: TensorDataset | None = None
         self.val_indices: np.ndarray | None = None
-        self._test: TensorDataset | None = None
         self._calibration_pool: np.ndarray | None = None
 
     def prepare_data(self) -> None:
@@ -359,30 +356,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         pool = self._calibration_pool
         pick = np.sort(np.random.default_rng(seed).permutation(len(pool))[: min(count, len(pool))])
         return torch.from_numpy(np.ascontiguousarray(pool[pick])).permute(0, 3, 1, 2).contiguous()
-
-    def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call setup() before asking for a data loader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train, train=True)
-
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The validation split of the training set (none when ``val_size`` is 0)."""
-        return self._loader(self._val, train=False) if self._val is not None else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._test, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._test, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

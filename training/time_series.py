@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from dse.exceptions import DataError
 from dse.training.cifar10 import TestSplit, half_of_test_set, stratified_subset, within_class_rank
+from dse.training.tensor_data import TensorDataModule
 
 __all__ = ["SequenceArrays", "TimeSeriesDataModule", "load_aeon", "load_sequences_npz", "sequence_lengths"]
 
@@ -152,7 +152,7 @@ def load_sequences_npz(path: str | Path) -> SequenceArrays:
     return SequenceArrays(arrays["train"], train, arrays["test"], test, classes)
 
 
-class TimeSeriesDataModule(L.LightningDataModule):
+class TimeSeriesDataModule(TensorDataModule):
     """Train/test loaders of a UCR/UEA set (``name``, through aeon) or an ``.npz`` of your own (``path``).
 
     Args:
@@ -167,6 +167,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         train_subset: train on this many of the remaining training sequences (stratified, seeded), or None.
         num_workers: DataLoader workers.
     """
+
+    drop_last_train = False  # a few hundred sequences: every one of them trains
 
     def __init__(
         self,
@@ -192,9 +194,6 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.input_shape: tuple[int, int] | None = (
             None  # (median training length, channels): what the cost model prices
         )
-        self._train: TensorDataset | None = None
-        self._val: TensorDataset | None = None
-        self._test: TensorDataset | None = None
         self._calibration_pool: np.ndarray | None = None
 
     @property
@@ -252,29 +251,6 @@ class TimeSeriesDataModule(L.LightningDataModule):
         pool = self._calibration_pool
         pick = np.sort(np.random.default_rng(seed).permutation(len(pool))[: min(count, len(pool))])
         return torch.from_numpy(np.ascontiguousarray(pool[pick]))
-
-    def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call setup() before asking for a data loader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=False,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train, train=True)
-
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._loader(self._val, train=False) if self._val is not None else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._test, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._test, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return batch  # standardised once at setup
