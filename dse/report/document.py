@@ -122,7 +122,16 @@ def write_document(ctx: ReportContext, stages: Sequence[Stage]) -> Path:
         _machines(ctx, stages),
     ]
     for i, stage in enumerate(stages, 1):
-        if ctx.is_stored(stage.name):
+        if ctx.is_stored(stage.name) and stage.is_stale(ctx):
+            meta = ctx.meta(stage.name)
+            body = (
+                f"**Stored before the held-out protocol** (commit `{meta.get('commit')}`, "
+                f"{meta.get('finished', '?')}): "
+                "its accuracies may come from the images that chose them and carry no per-image results for "
+                "intervals or paired tests, so they are not quoted. Recompute: "
+                f"`python -m dse.report report.stages=[{stage.name}] report.recompute=true`."
+            )
+        elif ctx.is_stored(stage.name):
             body = stage.render(ctx)
         else:
             body = f"Not computed: `python -m dse.report report.stages=[{stage.name}]` computes it."

@@ -10,7 +10,9 @@ points' search-set accuracies overstate them (the winner's curse).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import optuna
@@ -72,8 +74,8 @@ def compute(ctx: ReportContext) -> None:
     add(INT8, INT8, assignment_of(sub, None, {"multiplier": str(s.exact_int8)}), None)
     for t in complete:
         if reference_kind(t) == UNIFORM:
-            choice = sorted({str(v) for v in t.params.values()} - {"exact"})
-            add(f"uniform {'/'.join(choice)}", UNIFORM, space.assignment(t.params), t.number)
+            choice = sorted({f"{name.split('.')[0]}={v}" for name, v in t.params.items() if str(v) != "exact"})
+            add(f"uniform {', '.join(choice)}", UNIFORM, space.assignment(t.params), t.number)
     for t in study.best_trials:
         if reference_kind(t) == "":
             add(f"trial {t.number}", FRONT, space.assignment(t.params), t.number)
@@ -92,43 +94,56 @@ def hypervolume_gain(points: pd.DataFrame, energy: str, exact_energy: float, cha
     return {"references": volume(references), "with_front": volume(points)}
 
 
+def _draw(ax: Any, points: pd.DataFrame, energy: str) -> None:
+    """Front points (held out with intervals, and on the search set), the references starred, the held-out front."""
+    front = points[points["role"] == FRONT].sort_values(energy)
+    err = [100 * (front["top1"] - front["top1_low"]), 100 * (front["top1_high"] - front["top1"])]
+    ax.errorbar(front[energy], 100 * front["top1"], yerr=err, fmt="o", capsize=3, label="front point (held out, 95%)")
+    ax.scatter(
+        front[energy],
+        100 * front["search_top1"],
+        marker="o",
+        facecolors="none",
+        edgecolors="grey",
+        label="the same point on the search set",
+    )
+    for _, r in front.iterrows():
+        ax.plot([r[energy]] * 2, [100 * r["search_top1"], 100 * r["top1"]], color="grey", lw=0.6)
+    for role, color, name in _REFERENCES:
+        ref = points[points["role"] == role]
+        if not ref.empty:
+            ax.scatter(ref[energy], 100 * ref["top1"], marker="*", s=140, color=color, zorder=5, label=name)
+    best = points[non_dominated(points["top1"].to_numpy(), points[energy].to_numpy())].sort_values(energy)
+    ax.step(best[energy], 100 * best["top1"], where="post", alpha=0.4, label="held-out front of every point")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+
+
 def _plot(points: pd.DataFrame, presets: list[str], path: str) -> None:
+    """Per preset: the full accuracy range (top), and a zoom on the front's corner (bottom, axes marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(presets), figsize=(6.2 * len(presets), 4.6), squeeze=False)
-    low = max(0.0, 100 * points["top1"].min() - 3)
-    for ax, preset in zip(axes[0], presets, strict=True):
+    fig, axes = plt.subplots(2, len(presets), figsize=(6.2 * len(presets), 8.4), squeeze=False)
+    front = points[points["role"] == FRONT]
+    for column, preset in enumerate(presets):
         energy = f"{preset}:energy_uj"
-        front = points[points["role"] == FRONT].sort_values(energy)
-        err = [100 * (front["top1"] - front["top1_low"]), 100 * (front["top1_high"] - front["top1"])]
-        ax.errorbar(
-            front[energy], 100 * front["top1"], yerr=err, fmt="o", capsize=3, label="front point (held out, 95%)"
-        )
-        ax.scatter(
-            front[energy],
-            100 * front["search_top1"],
-            marker="o",
-            facecolors="none",
-            edgecolors="grey",
-            label="the same point on the search set",
-        )
-        for _, r in front.iterrows():
-            ax.plot([r[energy]] * 2, [100 * r["search_top1"], 100 * r["top1"]], color="grey", lw=0.6)
-        for role, color, name in _REFERENCES:
-            ref = points[points["role"] == role]
-            if not ref.empty:
-                ax.scatter(ref[energy], 100 * ref["top1"], marker="*", s=140, color=color, zorder=5, label=name)
-        best = points[non_dominated(points["top1"].to_numpy(), points[energy].to_numpy())].sort_values(energy)
-        ax.step(best[energy], 100 * best["top1"], where="post", alpha=0.4, label="held-out front of every point")
-        ax.set_xscale("log")
-        ax.set_ylim(low, 100 * points["top1"].max() + 1.5)
-        ax.set_xlabel(f"modeled energy per inference, {preset} (uJ, log)")
-        ax.set_ylabel(f"top-1 on the held-out images (%) - axis starts at {low:.0f}%")
-        ax.grid(alpha=0.3)
-        ax.set_title(preset, fontsize=10)
+        full, zoom = axes[0][column], axes[1][column]
+        _draw(full, points, energy)
+        full.set_ylim(0, 100)
+        full.set_title(f"{preset}: the full range", fontsize=10)
+        _draw(zoom, points, energy)
+        focus = front if not front.empty else points[points["role"] == INT8]
+        lo, hi = focus[energy].min(), focus[energy].max()
+        zoom.set_xlim(lo / 1.25, hi * 1.25)
+        zoom.set_ylim(100 * focus["top1_low"].min() - 1, 100 * points["top1"].max() + 1)
+        zoom.set_xscale("linear")  # a narrow energy range: log ticks would crowd
+        zoom.set_title(f"{preset}: zoom on the front (axes cut)", fontsize=10)
+        for ax in (full, zoom):
+            ax.set_xlabel(f"modeled energy per inference, {preset} (uJ, log)")
+            ax.set_ylabel("top-1 on the held-out images (%)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -169,6 +184,14 @@ def _beats(points: pd.DataFrame, energy: str) -> tuple[list[str], list[str]]:
     return kept, beaten
 
 
+def _display(label: str) -> str:
+    """A uniform point's label with its knob (stores written before labels named it: ``uniform 2``)."""
+    bare = re.fullmatch(r"uniform (\S+)", label)
+    if bare is None or "=" in label:
+        return label
+    return f"uniform {'decimals' if bare.group(1).isdigit() else 'multiplier'}={bare.group(1)}"
+
+
 def _narrowest_format(ctx: ReportContext) -> pd.DataFrame:
     """The narrowest uniform number format within the formats stage's limit of float32, as one more reference
     (from that stage's held-out rows, on the same images; empty until it is stored under the held-out protocol)."""
@@ -183,21 +206,46 @@ def _narrowest_format(ctx: ReportContext) -> pd.DataFrame:
     return best.assign(label=f"uniform format {best['format'].iloc[0]} (narrowest within 1 point)", role=FORMAT)
 
 
+def held_out_points(ctx: ReportContext) -> pd.DataFrame:
+    """The stored front points and references (and the narrowest format), labelled, with their intervals."""
+    points = pd.concat([ctx.table(NAME, "held_out"), _narrowest_format(ctx)], ignore_index=True)
+    points["label"] = points["label"].map(_display)
+    points = points.assign(order=points["role"].map(_ROLE_ORDER)).sort_values(["order", "energy_uj"])
+    bounds = [accuracy_interval(unpack_correct(r["correct"], int(r["images"]))) for _, r in points.iterrows()]
+    return points.assign(top1_low=[b.low for b in bounds], top1_high=[b.high for b in bounds])
+
+
+def search_gain(ctx: ReportContext, points: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per hardware preset: the front points no reference dominates, those one does, and the held-out
+    hypervolume the front adds to its references' (in points of the unit square)."""
+    exact = points[points["role"] == EXACT].iloc[0]
+    out = []
+    for preset in ctx.settings.hardware_presets:
+        energy = f"{preset}:energy_uj"
+        if energy not in points:
+            continue
+        kept, beaten = _beats(points, energy)
+        gain = hypervolume_gain(points, energy, float(exact[energy]))
+        out.append(
+            {
+                "preset": str(preset),
+                "kept": kept,
+                "beaten": beaten,
+                **gain,
+                "gain_points": 100 * (gain["with_front"] - gain["references"]),
+            }
+        )
+    return out
+
+
 def render(ctx: ReportContext) -> str:
     s = ctx.settings.headline_front
     meta = ctx.meta(NAME)
     trials = ctx.table(NAME, "trials")
-    points = pd.concat([ctx.table(NAME, "held_out"), _narrowest_format(ctx)], ignore_index=True)
-    points = points.assign(order=points["role"].map(_ROLE_ORDER)).sort_values(["order", "energy_uj"])
+    points = held_out_points(ctx)
     presets = [p for p in ctx.settings.hardware_presets if f"{p}:energy_uj" in points]
     search_preset = str(meta.get("search_preset"))
     exact = points[points["role"] == EXACT].iloc[0]
-
-    bounds = {
-        r["label"]: accuracy_interval(unpack_correct(r["correct"], int(r["images"]))) for _, r in points.iterrows()
-    }
-    points["top1_low"] = points["label"].map(lambda k: bounds[k].low)
-    points["top1_high"] = points["label"].map(lambda k: bounds[k].high)
     figure, split = ctx.figure("headline_front.png"), ctx.figure("headline_energy_split.png")
     _plot(points, presets, str(figure))
     front = points[points["role"] == FRONT]
@@ -215,28 +263,38 @@ def render(ctx: ReportContext) -> str:
         for _, r in points.iterrows()
     ]
     verdicts = []
-    for preset in presets:
-        energy = f"{preset}:energy_uj"
-        kept, beaten = _beats(points, energy)
-        gain = hypervolume_gain(points, energy, float(exact[energy]))
-        searched = " (the preset the search optimised)" if preset == search_preset else " (the same trials, re-priced)"
-        verdicts.append(
-            f"- **{preset}**{searched}: {len(kept)} of {len(front)} front points (beyond the references) are "
-            "dominated by no reference"
-            + (f" ({', '.join(kept)})" if kept else "")
-            + (f"; dominated by a reference: {', '.join(beaten)}" if beaten else "")
-            + f". Held-out hypervolume of the references alone {100 * gain['references']:.2f}%, with the front "
-            f"{100 * gain['with_front']:.2f}% (**{100 * (gain['with_front'] - gain['references']):+.2f} points** from "
-            "the search)."
+    gains = search_gain(ctx, points)
+    for g in gains:
+        searched = (
+            " (the preset the search optimised)" if g["preset"] == search_preset else " (the same trials, re-priced)"
         )
+        verdicts.append(
+            f"- **{g['preset']}**{searched}: {len(g['kept'])} of {len(front)} front points (beyond the references) "
+            "are dominated by no reference"
+            + (f" ({', '.join(g['kept'])})" if g["kept"] else "")
+            + (f"; dominated by a reference: {', '.join(g['beaten'])}" if g["beaten"] else "")
+            + f". Held-out hypervolume of the references alone {100 * g['references']:.2f}%, with the front "
+            f"{100 * g['with_front']:.2f}% (**{g['gain_points']:+.2f} points** from the search)."
+        )
+    largest = max((g["gain_points"] for g in gains), default=0.0)
+    best_ref = points[points["role"] != FRONT].sort_values("top1", ascending=False).iloc[0]
+    best_front = front.set_index("label").loc[best] if best else exact
+    verdicts.append(
+        f"**Verdict: the search {'adds little' if largest < 1 else 'adds'} beyond its references** (at most "
+        f"{largest:+.2f} points of held-out hypervolume under any preset). The most accurate reference, "
+        f"{best_ref['label']}, scores {accuracy_cell(best_ref)}"
+        + (f"; the most accurate front point, {best}, {accuracy_cell(best_front)}." if best else ".")
+    )
     uniform = points[points["role"] == UNIFORM]
     curse = 100 * (front["search_top1"] - front["top1"])
     uniform_curse = 100 * (uniform["search_top1"] - uniform["top1"])
+    optimism = curse.mean() - uniform_curse.mean()
     curse_text = (
-        f"**The winner's curse.** Front points score {curse.mean():+.2f} points higher on the search set than on "
-        f"the held-out images (range {curse.min():+.2f} to {curse.max():+.2f}); the uniform settings, chosen by "
-        f"no one, {uniform_curse.mean():+.2f} (the two halves of the test set differ that much by themselves). "
-        "The gap between the two is the selection's optimism."
+        f"**The winner's curse.** Search-set minus held-out accuracy: front points {curse.mean():+.2f} points on "
+        f"average (range {curse.min():+.2f} to {curse.max():+.2f}); the uniform settings, which nothing selected, "
+        f"{uniform_curse.mean():+.2f} (the two halves of the test set differ that much by themselves). The "
+        f"selection's optimism is the difference: {optimism:+.2f} points"
+        + (", within what the halves' difference explains." if abs(optimism) < 0.5 else ".")
         if not front.empty
         else "The study's front holds only reference points: the search found nothing beyond them."
     )
@@ -263,7 +321,8 @@ def render(ctx: ReportContext) -> str:
             ),
             "**Does the search beat the references?** A front point counts only if no reference is at least as "
             "accurate on the held-out images for no more energy.",
-            "\n".join(verdicts),
+            "\n".join(verdicts[:-1]),
+            verdicts[-1],
             f"![headline front]({ctx.link(figure)})",
             curse_text,
             "**Where the energy goes** (exact model, exact int8, and the most accurate front point), by component "
@@ -276,5 +335,9 @@ def render(ctx: ReportContext) -> str:
 
 
 STAGE = Stage(
-    NAME, "The headline front: multipliers and decimal places together, against its references", compute, render
+    NAME,
+    "The headline front: multipliers and decimal places together, against its references",
+    compute,
+    render,
+    held_out_table="held_out",
 )

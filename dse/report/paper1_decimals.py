@@ -194,7 +194,13 @@ def render_uniform(ctx: ReportContext) -> str:
     )
 
 
-UNIFORM = Stage("uniform_decimals", "Paper 1, experiment 1: every layer at d = 1..9", compute_uniform, render_uniform)
+UNIFORM = Stage(
+    "uniform_decimals",
+    "Paper 1, experiment 1: every layer at d = 1..9",
+    compute_uniform,
+    render_uniform,
+    held_out_table="accuracy",
+)
 
 
 # -- experiments 2-4 --------------------------------------------------------------------------------
@@ -310,4 +316,5 @@ GROUPS = Stage(
     "Paper 1, experiments 2-4: one layer type at a time, together, and at odd d",
     compute_groups,
     render_groups,
+    held_out_table="single",
 )

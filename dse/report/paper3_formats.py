@@ -162,4 +162,4 @@ def render(ctx: ReportContext) -> str:
     return "\n\n".join(parts + per_group)
 
 
-STAGE = Stage(NAME, "Paper 3: number formats, uniform and per layer group", compute, render)
+STAGE = Stage(NAME, "Paper 3: number formats, uniform and per layer group", compute, render, held_out_table="uniform")

@@ -141,7 +141,7 @@ def render(ctx: ReportContext) -> str:
     meta = ctx.meta(NAME)
     exact = rows[(rows["variant"] == BEFORE) & (rows["multiplier"] == EXACT)].iloc[0]
     as_is = rows[(rows["variant"] == BEFORE) & (rows["multiplier"] != EXACT)].sort_values("mre_pct")
-    figure = ctx.figure("recurrent_robustness.png")
+    figure = ctx.figure("paper4_recurrent.png")
     _plot(rows, str(figure))
     within = as_is[100 * (exact["top1"] - as_is["top1"]) <= 1.0]
     spearman = as_is["mre_pct"].corr(as_is["top1"], method="spearman")
@@ -177,4 +177,11 @@ def render(ctx: ReportContext) -> str:
     )
 
 
-STAGE = Stage(NAME, "Paper 4: recurrent layers against approximation level", compute, render, reads_test_set=False)
+STAGE = Stage(
+    NAME,
+    "Paper 4: recurrent layers against approximation level",
+    compute,
+    render,
+    reads_test_set=False,
+    held_out_table=NAME,
+)

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from dse.exceptions import ConfigError
 from dse.report.context import ReportContext
+from dse.report.correctness import accuracy_cell
+from dse.report.headline_front import NAME as HEADLINE
+from dse.report.headline_front import STAGE as HEADLINE_STAGE
+from dse.report.headline_front import held_out_points, search_gain
 from dse.report.markdown import table
 from dse.report.verdicts import verdicts
 
@@ -25,6 +29,7 @@ def readme_block(ctx: ReportContext) -> str:
     return "\n\n".join(
         [
             BEGIN,
+            *_headline(ctx),
             f"Every quantitative claim of the four papers, checked by dse ({summary}); accuracies on the held-out "
             "half of the CIFAR-10 test set (or of JapaneseVowels), which chose nothing, with 95% intervals. The "
             "reasons, the settings and every number behind them are in [`docs/results.md`](docs/results.md).",
@@ -32,6 +37,26 @@ def readme_block(ctx: ReportContext) -> str:
             END,
         ]
     )
+
+
+def _headline(ctx: ReportContext) -> list[str]:
+    """dse's own headline: what its search adds over the references of its space, held out."""
+    if not ctx.is_stored(HEADLINE) or HEADLINE_STAGE.is_stale(ctx):
+        return []
+    points = held_out_points(ctx)
+    gains = search_gain(ctx, points)
+    front = points[points["role"] == "front"]
+    reference = points[points["role"] != "front"].sort_values("top1", ascending=False).iloc[0]
+    best = front.sort_values("top1", ascending=False).iloc[0]
+    added = " and ".join(f"{g['gain_points']:+.2f} ({g['preset']})" for g in gains)
+    little = max(g["gain_points"] for g in gains) < 1
+    return [
+        f"**dse's headline study** (`{ctx.settings.headline_front.study}`: a multiplier and decimal places per "
+        f"layer group of MobileNetV2, {len(ctx.table(HEADLINE, 'trials'))} trials): its best front point "
+        f"scores {accuracy_cell(best)} held out, the best reference of its space ({reference['label']}) "
+        f"{accuracy_cell(reference)}; the front adds {added} points of held-out hypervolume to its references"
+        + (": **the search adds little beyond uniform settings here**." if little else ".")
+    ]
 
 
 def update_readme(path: Path, block: str) -> None:

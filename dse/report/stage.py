@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pandas as pd
+
 from dse.report.context import ReportContext
 
 __all__ = ["Stage"]
@@ -18,8 +20,18 @@ class Stage:
     stored files and returns the section's Markdown (and writes its figures).
     """
 
+    def is_stale(self, ctx: ReportContext) -> bool:
+        """Stored before the held-out protocol: its accuracies may come from the images that chose them."""
+        if self.held_out_table is None:
+            return False
+        path = ctx.stage_dir(self.name) / f"{self.held_out_table}.csv"
+        return not path.is_file() or "correct" not in pd.read_csv(path, nrows=1).columns
+
     name: str
     title: str
     compute: Callable[[ReportContext], None]
     render: Callable[[ReportContext], str]
     reads_test_set: bool = True  # False: a benchmark with data of its own (its meta then names no test set)
+    # the stored table whose per-image ``correct`` column marks results measured under the held-out protocol
+    # (None: a benchmark, no accuracies); a stage stored without it is shown as stale, not quoted
+    held_out_table: str | None = None
