@@ -47,12 +47,16 @@ def _headline(ctx: ReportContext) -> list[str]:
     gains = search_gain(ctx, points)
     front = points[points["role"] == "front"]
     reference = points[points["role"] != "front"].sort_values("top1", ascending=False).iloc[0]
+    study = (
+        f"**dse's headline study** (`{ctx.settings.headline_front.study}`, {len(ctx.table(HEADLINE, 'trials'))} trials)"
+    )
+    if front.empty:
+        return [f"{study}: its front holds only the references of its space; the search found nothing beyond them."]
     best = front.sort_values("top1", ascending=False).iloc[0]
     added = " and ".join(f"{g['gain_points']:+.2f} ({g['preset']})" for g in gains)
     little = max(g["gain_points"] for g in gains) < 1
     return [
-        f"**dse's headline study** (`{ctx.settings.headline_front.study}`: a multiplier and decimal places per "
-        f"layer group of MobileNetV2, {len(ctx.table(HEADLINE, 'trials'))} trials): its best front point "
+        f"{study}: its best front point "
         f"scores {accuracy_cell(best)} held out, the best reference of its space ({reference['label']}) "
         f"{accuracy_cell(reference)}; the front adds {added} points of held-out hypervolume to its references"
         + (": **the search adds little beyond uniform settings here**." if little else ".")
