@@ -273,6 +273,11 @@ class CIFAR10DataModule(TensorDataModule):
         num_workers: DataLoader workers.
     """
 
+    # the splits setup() builds (declared here too: type checkers do not follow dse.training to training/)
+    _train: TensorDataset | None
+    _val: TensorDataset | None
+    _test: TensorDataset | None
+
     def __init__(
         self,
         source: Literal["npz", "torchvision"] = "npz",

@@ -20,12 +20,9 @@ class TensorDataModule(L.LightningDataModule):
     batch_size: int
     eval_batch_size: int
     num_workers: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._train: TensorDataset | None = None
-        self._val: TensorDataset | None = None
-        self._test: TensorDataset | None = None
+    _train: TensorDataset | None = None  # set by the subclass's setup()
+    _val: TensorDataset | None = None
+    _test: TensorDataset | None = None
 
     def _loader(self, dataset: TensorDataset | None, train: bool) -> DataLoader:
         if dataset is None:

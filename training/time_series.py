@@ -168,6 +168,11 @@ class TimeSeriesDataModule(TensorDataModule):
         num_workers: DataLoader workers.
     """
 
+    # the splits setup() builds (declared here too: type checkers do not follow dse.training to training/)
+    _train: TensorDataset | None
+    _val: TensorDataset | None
+    _test: TensorDataset | None
+
     drop_last_train = False  # a few hundred sequences: every one of them trains
 
     def __init__(
