@@ -16,7 +16,10 @@ from dse.candidates.accuracy_statistics import pack_correct
 from dse.exceptions import ConfigError
 from dse.report import ReportContext
 from dse.report import run as report_run
+from dse.report.context import NotMeasured
 from dse.report.correctness import accuracy_cell, difference_cell
+from dse.report.paper1_decimals import UNIFORM as UNIFORM_DECIMALS
+from dse.report.paper3_formats import narrowest_within
 from dse.report.readme_results import BEGIN, END, readme_block, update_readme
 from dse.report.verdicts import PENDING, verdicts
 from tests.conftest import compose_config
@@ -76,6 +79,23 @@ def test_a_stage_stored_before_the_held_out_protocol_is_not_quoted(tmp_path: Pat
     assert found["recurrent layers tolerate approximation; accuracy degrades with approximation level"].why.startswith(
         "stage `recurrent` not computed"
     )
+    # the document and the README block use the same check through the stage
+    assert UNIFORM_DECIMALS.is_stale(_context(store))
+    with pytest.raises(NotMeasured, match="before the held-out protocol"):
+        _context(store).held_out_table("uniform_decimals", "accuracy")
+
+
+def test_the_narrowest_uniform_format_is_the_fewest_bits_within_the_limit() -> None:
+    uniform = pd.DataFrame(
+        {
+            "format": ["fp32", "int8", "e4m3", "int6", "e2m1"],
+            "bits": [32, 8, 8, 6, 4],
+            "top1": [0.870, 0.868, 0.866, 0.851, 0.800],
+        }
+    )
+    assert narrowest_within(uniform, 1.0)["format"] == "e4m3"  # 8 bits within 1 point; ties by name
+    assert narrowest_within(uniform, 2.0)["format"] == "int6"  # 1.9 points lost
+    assert narrowest_within(uniform, 0.1)["format"] == "fp32"
 
 
 def test_d4_is_reproduced_when_no_image_changes_significantly(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from dse.cost.energy import EnergyModel
 from dse.exceptions import ConfigError
 from dse.tracking.tracker import Tracker
 
-__all__ = ["ENERGY_SPLIT", "ReportContext", "RowLog"]
+__all__ = ["ENERGY_SPLIT", "NotMeasured", "ReportContext", "RowLog"]
 
 # the energy components a reviewer asks for (stored per hardware preset): column -> LayerEnergy attribute
 ENERGY_SPLIT = {
@@ -42,6 +42,10 @@ ENERGY_SPLIT = {
 }
 
 _logger = logging.getLogger(__name__)
+
+
+class NotMeasured(LookupError):
+    """A stage's table that may not be quoted: not stored, or stored before the held-out protocol."""
 
 
 class RowLog:
@@ -109,6 +113,20 @@ class ReportContext:
         if not path.is_file():
             raise FileNotFoundError(path)
         return pd.read_csv(path)
+
+    def stored_table(self, stage: str, name: str) -> pd.DataFrame:
+        """``name`` of a stage that finished; :class:`NotMeasured` (saying how to compute it) otherwise."""
+        if not self.is_stored(stage):
+            raise NotMeasured(f"stage `{stage}` not computed: `python -m dse.report report.stages=[{stage}]`")
+        return self.table(stage, name)
+
+    def held_out_table(self, stage: str, name: str) -> pd.DataFrame:
+        """``name`` of a stage that finished under the held-out protocol (its rows carry per-image results in
+        ``correct``); :class:`NotMeasured` otherwise, so that no accuracy from the images that chose it is quoted."""
+        rows = self.stored_table(stage, name)
+        if "correct" not in rows.columns:
+            raise NotMeasured(f"stage `{stage}` stored before the held-out protocol; recompute it")
+        return rows
 
     def meta(self, stage: str) -> dict[str, Any]:
         path = self.stage_dir(stage) / "meta.json"

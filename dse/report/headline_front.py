@@ -22,9 +22,10 @@ from hydra.utils import instantiate
 from dse.assignment import LayerConfig
 from dse.candidates.accuracy_statistics import accuracy_interval, unpack_correct
 from dse.config_building import model_layer_groups
-from dse.report.context import ENERGY_SPLIT, ReportContext
+from dse.report.context import ENERGY_SPLIT, NotMeasured, ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell
 from dse.report.markdown import pct, table
+from dse.report.paper3_formats import narrowest_within
 from dse.report.paper4_retraining import assignment_of
 from dse.report.stage import Stage
 from dse.report.studies import run_study, study_trials
@@ -195,15 +196,14 @@ def _display(label: str) -> str:
 def _narrowest_format(ctx: ReportContext) -> pd.DataFrame:
     """The narrowest uniform number format within the formats stage's limit of float32, as one more reference
     (from that stage's held-out rows, on the same images; empty until it is stored under the held-out protocol)."""
-    if not ctx.is_stored("formats"):
+    try:
+        uniform = ctx.held_out_table("formats", "uniform")
+    except NotMeasured:
         return pd.DataFrame()
-    uniform = ctx.table("formats", "uniform")
-    if "correct" not in uniform.columns:
-        return pd.DataFrame()
-    fp32 = uniform[uniform["format"] == "fp32"].iloc[0]
-    within = uniform[100 * (fp32["top1"] - uniform["top1"]) <= float(ctx.settings.formats.max_drop_points)]
-    best = within.sort_values("bits").iloc[[0]]
-    return best.assign(label=f"uniform format {best['format'].iloc[0]} (narrowest within 1 point)", role=FORMAT)
+    limit = float(ctx.settings.formats.max_drop_points)
+    best = narrowest_within(uniform, limit)
+    label = f"uniform format {best['format']} (narrowest within {limit:g} point of float32)"
+    return uniform[uniform["format"] == best["format"]].assign(label=label, role=FORMAT)
 
 
 def held_out_points(ctx: ReportContext) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dse.multipliers import get_multiplier
-from dse.report.context import ReportContext
+from dse.report.context import NotMeasured, ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell, paired_p
 from dse.report.figures import accuracy_bars
 from dse.report.markdown import table
@@ -53,11 +53,12 @@ def verdict(rows: pd.DataFrame, multipliers: pd.DataFrame | None, alpha: float =
     """(reproduced / refuted / not distinguishable, one line): at the same per-product error, does truncating the
     accumulator of exact products cost more accuracy than an approximate multiplier with exact accumulation?
 
-    ``rows``: this stage's table; ``multipliers``: the Mitchell stage's (its ``variant`` names a multiplier, its
-    ``exact_int8`` row the reference). Each truncation of ``exact_s8`` is matched with the multiplier whose mean
-    relative error per product is closest (within 25%); the two are compared on the same images (McNemar)."""
+    ``rows``: this stage's table; ``multipliers``: the Mitchell stage's held-out table (its ``variant`` names a
+    multiplier, its ``exact_int8`` row the reference). Each truncation of ``exact_s8`` is matched with the
+    multiplier whose mean relative error per product is closest (within 25%); the two are compared on the same
+    images (McNemar)."""
     exact = rows[(rows["multiplier"] == "exact_s8") & (rows["truncated_bits"] == 0)]
-    if exact.empty or multipliers is None or "correct" not in multipliers.columns:
+    if exact.empty or multipliers is None:
         return "not measured", "needs exact_s8 in report.accumulation.multipliers and the Mitchell stage stored"
     mults = multipliers[multipliers["variant"].str.startswith(("mitchell_", "mul8"))].copy()
     stats = [get_multiplier(str(v)).error_stats() for v in mults["variant"]]
@@ -118,7 +119,11 @@ def render(ctx: ReportContext) -> str:
                     "reference" if r["truncated_bits"] == 0 else difference_cell(r, exact),
                 ]
             )
-    outcome, why = verdict(rows, ctx.table("mitchell", "accuracy") if ctx.is_stored("mitchell") else None)
+    try:
+        multipliers: pd.DataFrame | None = ctx.held_out_table("mitchell", "accuracy")
+    except NotMeasured:
+        multipliers = None
+    outcome, why = verdict(rows, multipliers)
     n = int(rows["images"].iloc[0])
     figure = ctx.figure("paper2_accumulation.png")
     labels = [

@@ -13,7 +13,7 @@ import pandas as pd
 
 from dse.assignment import LayerConfig
 from dse.multipliers import get_multiplier
-from dse.report.context import ReportContext
+from dse.report.context import NotMeasured, ReportContext
 from dse.report.correctness import accuracy_cell, difference_cell
 from dse.report.figures import accuracy_bars
 from dse.report.markdown import pct, points, table
@@ -121,10 +121,9 @@ def render(ctx: ReportContext) -> str:
 
 def _with_retraining(ctx: ReportContext, fp32: pd.Series) -> list[str]:
     """Mitch-w6 after retraining (section "Paper 4"), if that stage is stored."""
-    if not ctx.is_stored(RETRAINING):
-        return []
-    rows = ctx.table(RETRAINING, "retraining")
-    if "correct" not in rows.columns:  # stored before the held-out protocol: not quoted
+    try:
+        rows = ctx.held_out_table(RETRAINING, "retraining")
+    except NotMeasured:
         return []
     after = rows[(rows["assignment"] == "mitchell_w6") & (rows["variant"] == "retrained")]["top1"]
     if after.empty:

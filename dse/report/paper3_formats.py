@@ -21,7 +21,7 @@ from dse.report.paper4_retraining import assignment_of
 from dse.report.stage import Stage
 from dse.report.studies import run_study, study_trials
 
-__all__ = ["STAGE"]
+__all__ = ["STAGE", "narrowest_within"]
 
 NAME = "formats"
 
@@ -39,12 +39,19 @@ def compute(ctx: ReportContext) -> None:
     study_trials(study).to_csv(ctx.stage_dir(NAME) / "study_trials.csv", index=False)
 
 
-def _uniform_rows(uniform: pd.DataFrame, base: pd.Series, limit: float) -> tuple[list[list[object]], list]:
-    """The uniform formats' table rows, and (bits, format) of those within ``limit`` points of float32."""
-    rows, within = [], []
+def narrowest_within(uniform: pd.DataFrame, limit: float) -> pd.Series:
+    """The uniform format with the fewest bits within ``limit`` points of float32's top-1 (ties: by name).
+
+    ``uniform``: this stage's ``uniform`` table (one row per format, float32 among them)."""
+    fp32 = uniform[uniform["format"] == "fp32"].iloc[0]
+    within = uniform[100 * (fp32["top1"] - uniform["top1"]) <= limit]
+    return within.sort_values(["bits", "format"]).iloc[0]
+
+
+def _uniform_rows(uniform: pd.DataFrame, base: pd.Series) -> list[list[object]]:
+    """The uniform formats' table rows."""
+    rows = []
     for _, r in uniform.iterrows():
-        if 100 * (base["top1"] - r["top1"]) <= limit:
-            within.append((int(r["bits"]), r["format"]))
         rows.append(
             [
                 r["format"],
@@ -57,7 +64,7 @@ def _uniform_rows(uniform: pd.DataFrame, base: pd.Series, limit: float) -> tuple
                 f"{base['modeled_latency_us'] / r['modeled_latency_us']:.2f}x",
             ]
         )
-    return rows, within
+    return rows
 
 
 def _exponent_bias(uniform: pd.DataFrame, base: pd.Series, limit: float, narrowest: str, bits: int) -> str:
@@ -135,9 +142,9 @@ def render(ctx: ReportContext) -> str:
     limit = float(ctx.settings.formats.max_drop_points)
     uniform = ctx.table(NAME, "uniform")
     base = uniform[uniform["format"] == "fp32"].iloc[0]
-    rows, within = _uniform_rows(uniform, base, limit)
-    bits, narrowest = min(within)
-    narrow_row = uniform[uniform["format"] == narrowest].iloc[0]
+    rows = _uniform_rows(uniform, base)
+    narrow_row = narrowest_within(uniform, limit)
+    bits, narrowest = int(narrow_row["bits"]), str(narrow_row["format"])
     uniform_speedup = base["modeled_latency_us"] / narrow_row["modeled_latency_us"]
     figure = ctx.figure("paper3_formats.png")
     plotted = _plot_formats(uniform, base, figure)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pandas as pd
-
-from dse.report.context import ReportContext
+from dse.report.context import NotMeasured, ReportContext
 
 __all__ = ["Stage"]
 
@@ -24,8 +22,11 @@ class Stage:
         """Stored before the held-out protocol: its accuracies may come from the images that chose them."""
         if self.held_out_table is None:
             return False
-        path = ctx.stage_dir(self.name) / f"{self.held_out_table}.csv"
-        return not path.is_file() or "correct" not in pd.read_csv(path, nrows=1).columns
+        try:
+            ctx.held_out_table(self.name, self.held_out_table)
+        except (NotMeasured, FileNotFoundError):
+            return True
+        return False
 
     name: str
     title: str

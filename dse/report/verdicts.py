@@ -11,12 +11,11 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pandas as pd
-
-from dse.report.context import ReportContext
+from dse.report.context import NotMeasured, ReportContext
 from dse.report.correctness import accuracy_cell, paired_p
 from dse.report.markdown import table
 from dse.report.paper2_accumulation import verdict
+from dse.report.paper3_formats import narrowest_within
 
 __all__ = ["CLAIMS", "Claim", "Finding", "Verdict", "verdict_table", "verdicts"]
 
@@ -52,19 +51,6 @@ class Claim:
     measure: Callable[[ReportContext], Finding]
 
 
-class _Pending(Exception):
-    """A claim's stage is not stored, or predates the held-out protocol."""
-
-
-def _table(ctx: ReportContext, stage: str, name: str) -> pd.DataFrame:
-    if not ctx.is_stored(stage):
-        raise _Pending(f"stage `{stage}` not computed: `python -m dse.report report.stages=[{stage}]`")
-    rows = ctx.table(stage, name)
-    if "correct" not in rows.columns:
-        raise _Pending(f"stage `{stage}` stored before the held-out protocol; recompute it")
-    return rows
-
-
 def _mean_time_ratio(ctx: ReportContext, d: str) -> float:
     timing = ctx.table("uniform_decimals", "timing").astype({"decimals": str})
     exact = timing[timing["decimals"] == "exact"].set_index("repeat")["seconds"]
@@ -74,7 +60,7 @@ def _mean_time_ratio(ctx: ReportContext, d: str) -> float:
 
 # -- paper 1 -------------------------------------------------------------------------------------------
 def _p1_baseline(ctx: ReportContext) -> Finding:
-    acc = _table(ctx, "uniform_decimals", "accuracy").astype({"decimals": str}).set_index("decimals")
+    acc = ctx.held_out_table("uniform_decimals", "accuracy").astype({"decimals": str}).set_index("decimals")
     return Finding(
         f"{accuracy_cell(acc.loc['exact'])} (MobileNetV2 for 32x32 trained from scratch, "
         f"{int(acc.loc['exact', 'images']):,} held-out images)",
@@ -84,7 +70,7 @@ def _p1_baseline(ctx: ReportContext) -> Finding:
 
 
 def _p1_d4_accuracy(ctx: ReportContext) -> Finding:
-    acc = _table(ctx, "uniform_decimals", "accuracy").astype({"decimals": str}).set_index("decimals")
+    acc = ctx.held_out_table("uniform_decimals", "accuracy").astype({"decimals": str}).set_index("decimals")
     d4, exact = acc.loc["4"], acc.loc["exact"]
     delta, p = 100 * (d4["top1"] - exact["top1"]), paired_p(d4, exact)
     same = p >= 0.05 and abs(delta) < 0.5
@@ -96,7 +82,7 @@ def _p1_d4_accuracy(ctx: ReportContext) -> Finding:
 
 
 def _p1_d4_time(ctx: ReportContext) -> Finding:
-    _table(ctx, "uniform_decimals", "accuracy")
+    ctx.held_out_table("uniform_decimals", "accuracy")
     ratio = _mean_time_ratio(ctx, "4")
     faster = ratio < 0.9
     return Finding(
@@ -109,7 +95,7 @@ def _p1_d4_time(ctx: ReportContext) -> Finding:
 
 
 def _p1_types(ctx: ReportContext) -> Finding:
-    single = _table(ctx, "decimals_by_group", "single").astype({"value": str})
+    single = ctx.held_out_table("decimals_by_group", "single").astype({"value": str})
     exact = single[single["unit"] == "exact"].iloc[0]
     rest = single[single["unit"] != "exact"].astype({"value": int})
     collapse = rest[rest["value"] == rest["value"].min()]
@@ -125,7 +111,7 @@ def _p1_types(ctx: ReportContext) -> Finding:
 
 
 def _p1_combined(ctx: ReportContext) -> Finding:
-    combined = _table(ctx, "decimals_by_group", "combined")
+    combined = ctx.held_out_table("decimals_by_group", "combined")
     widest = combined[combined["unit"].str.count(r"\+") == combined["unit"].str.count(r"\+").max()]
     by_d = widest.set_index("value")["accuracy_drop_points"]
     ok = by_d.loc[by_d.index >= 3].max() <= 1.0 if (by_d.index >= 3).any() else False
@@ -142,7 +128,7 @@ def _p1_combined(ctx: ReportContext) -> Finding:
 
 # -- paper 2 -------------------------------------------------------------------------------------------
 def _p2_mitchell(ctx: ReportContext) -> Finding:
-    rows = _table(ctx, "mitchell", "accuracy").set_index("variant")
+    rows = ctx.held_out_table("mitchell", "accuracy").set_index("variant")
     mitch, fp32 = rows.loc["mitchell_w6_s8"], rows.loc["fp32"]
     top5 = 100 * (mitch["top5"] - fp32["top5"])
     top1, p = 100 * (mitch["top1"] - fp32["top1"]), paired_p(mitch, fp32)
@@ -157,7 +143,7 @@ def _p2_mitchell(ctx: ReportContext) -> Finding:
 
 
 def _p2_energy(ctx: ReportContext) -> Finding:
-    rows = _table(ctx, "mitchell", "accuracy").set_index("variant")
+    rows = ctx.held_out_table("mitchell", "accuracy").set_index("variant")
     mac = rows["mac_multiply_pj"] + rows["mac_add_pj"]
     saved = 100 * (1 - mac["mitchell_w6_s8"] / mac["bf16"])
     int8 = 100 * (1 - mac["exact_int8"] / mac["bf16"])
@@ -169,7 +155,9 @@ def _p2_energy(ctx: ReportContext) -> Finding:
 
 
 def _p2_additions(ctx: ReportContext) -> Finding:
-    outcome, detail = verdict(_table(ctx, "accumulation", "accumulation"), _table(ctx, "mitchell", "accuracy"))
+    outcome, detail = verdict(
+        ctx.held_out_table("accumulation", "accumulation"), ctx.held_out_table("mitchell", "accuracy")
+    )
     why = {
         "reproduced": "at the same error per product, a truncated (one-sided) sum costs more than the multiplier",
         "refuted": "at the same error per product, the multiplier costs more than a truncated sum",
@@ -179,22 +167,19 @@ def _p2_additions(ctx: ReportContext) -> Finding:
 
 # -- paper 3 -------------------------------------------------------------------------------------------
 def _p3_speedup(ctx: ReportContext) -> Finding:
-    uniform = _table(ctx, "formats", "uniform").set_index("format")
-    fp32 = uniform.loc["fp32"]
-    within = uniform[100 * (fp32["top1"] - uniform["top1"]) <= float(ctx.settings.formats.max_drop_points)]
-    narrowest = within.sort_values("bits").iloc[0]
+    uniform = ctx.held_out_table("formats", "uniform")
+    fp32 = uniform[uniform["format"] == "fp32"].iloc[0]
+    narrowest = narrowest_within(uniform, float(ctx.settings.formats.max_drop_points))
     speedup = fp32["modeled_latency_us"] / narrowest["modeled_latency_us"]
     return Finding(
-        f"{speedup:.2f}x modeled ({narrowest.name}, uniform, {accuracy_cell(narrowest)})",
+        f"{speedup:.2f}x modeled ({narrowest['format']}, uniform, {accuracy_cell(narrowest)})",
         NOT_COMPARABLE,
         "a first-order iso-area accelerator model, not their hardware: the factor is a different quantity",
     )
 
 
 def _p3_search(ctx: ReportContext) -> Finding:
-    if not ctx.is_stored("search_efficiency"):
-        raise _Pending("stage `search_efficiency` not computed")
-    rows = ctx.table("search_efficiency", "search_efficiency")
+    rows = ctx.stored_table("search_efficiency", "search_efficiency")
     tpe = rows[rows["sampler"] == "tpe (default)"].iloc[0]
     return Finding(
         f"TPE reaches 95% of the true front's hypervolume in a median of {tpe['to 95% (median)']:g} evaluations "
@@ -206,9 +191,7 @@ def _p3_search(ctx: ReportContext) -> Finding:
 
 # -- paper 4 -------------------------------------------------------------------------------------------
 def _p4_depthwise(ctx: ReportContext) -> Finding:
-    if not ctx.is_stored("emulation_speed"):
-        raise _Pending("stage `emulation_speed` not computed")
-    speed = ctx.table("emulation_speed", "emulation_speed")
+    speed = ctx.stored_table("emulation_speed", "emulation_speed")
     return Finding(
         f"every layer incl. depthwise on {len(speed)} multipliers, "
         f"{'all bit-exact' if speed['bit_exact'].all() else 'NOT all bit-exact'}, "
@@ -219,7 +202,7 @@ def _p4_depthwise(ctx: ReportContext) -> Finding:
 
 
 def _p4_recurrent(ctx: ReportContext) -> Finding:
-    rows = _table(ctx, "recurrent", "recurrent")
+    rows = ctx.held_out_table("recurrent", "recurrent")
     exact = rows[(rows["variant"] == "as_is") & (rows["multiplier"] == "fp32")].iloc[0]
     as_is = rows[(rows["variant"] == "as_is") & (rows["multiplier"] != "fp32")]
     within = (100 * (exact["top1"] - as_is["top1"]) <= 1).sum()
@@ -233,10 +216,10 @@ def _p4_recurrent(ctx: ReportContext) -> Finding:
 
 
 def _p4_retraining(ctx: ReportContext) -> Finding:
-    rows = _table(ctx, "retraining", "retraining")
+    rows = ctx.held_out_table("retraining", "retraining")
     retrained = rows[rows["variant"] == "retrained"]
     if retrained.empty:
-        raise _Pending("no assignment retrained yet")
+        raise NotMeasured("no assignment retrained yet")
     first = rows[rows["variant"] == "as_is"].set_index("assignment")
     exact = first.loc["fp32", "top1"]
     bn = rows[rows["variant"] == "batchnorm_reestimated"].set_index("assignment")["top1"]
@@ -314,7 +297,7 @@ def verdicts(ctx: ReportContext) -> list[Verdict]:
     for claim in CLAIMS:
         try:
             found = claim.measure(ctx)
-        except _Pending as why:
+        except NotMeasured as why:
             found = Finding("-", PENDING, str(why))
         except FileNotFoundError as missing:  # a stage marked complete without one of its files
             found = Finding("-", PENDING, f"{missing.args[0]} is missing; recompute its stage")
