@@ -18,7 +18,9 @@ from dse.report import ReportContext
 from dse.report import run as report_run
 from dse.report.context import NotMeasured
 from dse.report.correctness import accuracy_cell, difference_cell
+from dse.report.document import _appendix
 from dse.report.paper1_decimals import UNIFORM as UNIFORM_DECIMALS
+from dse.report.paper3_formats import STAGE as FORMATS
 from dse.report.paper3_formats import narrowest_within
 from dse.report.readme_results import BEGIN, END, readme_block, update_readme
 from dse.report.verdicts import PENDING, verdicts
@@ -141,3 +143,15 @@ def test_the_committed_store_copies_cleanly(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "docs/results_data", tmp_path / "store")
     ctx = _context(tmp_path / "store")
     assert len(verdicts(ctx)) == 13
+
+
+def test_the_appendix_names_the_commits_a_stage_s_study_trials_ran_on(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "formats").mkdir(parents=True)
+    (store / "formats/meta.json").write_text(json.dumps({"complete": True, "commit": "0123456789ab"}))
+    pd.DataFrame({"trial": [0, 1], "code_commit": ["0123456789ab", "ba9876543210-dirty"]}).to_csv(
+        store / "formats/study_trials.csv", index=False
+    )
+    text = _appendix(_context(store), [FORMATS])
+    assert "`0123456789ab` (its study's trials: `0123456789ab`, `ba9876543210-dirty`)" in text
+    assert "**Computed on uncommitted code** (`report.allow_dirty=true`): `formats`" in text

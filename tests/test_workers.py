@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from optuna.trial import TrialState
 
+from dse.code_version import git_commit
 from dse.config_building import hydra_job_number
 from dse.config_paths import CONFIG_DIR
 from dse.study.storage import create_storage
@@ -78,6 +79,7 @@ def test_local_workers_share_one_study_and_worker_0_waits_for_them(tmp_path: Pat
     workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) == 2, workers  # both evaluated trials
     assert {t.user_attrs["torch_threads"] for t in complete} == {1}
+    assert {t.user_attrs["code_commit"] for t in complete} == {git_commit()}  # the code each trial ran
     assert "Done: 24 complete trials" in (tmp_path / "run" / "worker1" / "worker.log").read_text()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("dse").experiment_id

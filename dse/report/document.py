@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from dse.report.context import ReportContext
 from dse.report.markdown import table
 from dse.report.stage import Stage
@@ -74,6 +76,16 @@ def _machines(ctx: ReportContext, stages: Sequence[Stage]) -> str:
     return "**Machine.** Each section ran on:\n\n" + "\n".join(lines) if lines else ""
 
 
+def _trial_commits(folder: Path) -> list[str]:
+    """The commits a stage's study trials ran on (the ``code_commit`` column of its trial exports; a study may
+    have been resumed by other code than the stage that measured it)."""
+    commits: set[str] = set()
+    for path in folder.glob("*.csv"):
+        if "code_commit" in pd.read_csv(path, nrows=0).columns:
+            commits.update(str(c) for c in pd.read_csv(path, usecols=["code_commit"])["code_commit"].dropna())
+    return sorted(commits)
+
+
 def _appendix(ctx: ReportContext, stages: Sequence[Stage]) -> str:
     rows, dirty = [], []
     for stage in stages:
@@ -81,13 +93,14 @@ def _appendix(ctx: ReportContext, stages: Sequence[Stage]) -> str:
         if not meta.get("complete"):
             continue
         commit = str(meta.get("commit"))
-        if commit.endswith("-dirty") or commit == "None":
+        trials = _trial_commits(ctx.stage_dir(stage.name))
+        if any(c.endswith("-dirty") or c == "None" for c in [commit, *trials]):
             dirty.append(stage.name)
         files = sorted(p.name for p in ctx.stage_dir(stage.name).glob("*") if p.name != "meta.json")
         rows.append(
             [
                 f"`{stage.name}`",
-                f"`{commit}`",
+                f"`{commit}`" + (f" (its study's trials: {', '.join(f'`{c}`' for c in trials)})" if trials else ""),
                 meta.get("finished", "?"),
                 f"{meta.get('compute_seconds', 0) / 60:.1f}",
                 ", ".join(f"`{ctx.link(ctx.stage_dir(stage.name) / f)}`" for f in files),

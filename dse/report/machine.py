@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["describe_machine", "git_commit"]
+__all__ = ["describe_machine"]
 
-_CODE = ("dse", "conf", "benchmarks", "search_spaces", "training", "pyproject.toml")
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "fma", "f16c")  # what kernels dispatch on
 
 
@@ -38,19 +36,3 @@ def describe_machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
     }
-
-
-def git_commit() -> str | None:
-    """The checkout's commit, with ``-dirty`` if its code or configs have uncommitted changes (the report's
-    own outputs do not count), or None outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD").strip()
-        changed = git("status", "--porcelain", "--", *_CODE).strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}-dirty" if changed else commit

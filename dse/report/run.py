@@ -9,10 +9,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dse.code_version import git_commit
 from dse.exceptions import ConfigError
 from dse.report.context import ReportContext
 from dse.report.document import write_document
-from dse.report.machine import describe_machine, git_commit
+from dse.report.machine import describe_machine
 from dse.report.readme_results import readme_block, update_readme
 from dse.report.stage import Stage
 

@@ -18,6 +18,7 @@ import torch
 
 from dse.assignment import BASELINE_KEY, Assignment, assignment_key
 from dse.candidates.evaluator import CandidateEvaluator, CandidateResult, PartialEvaluation
+from dse.code_version import git_commit
 from dse.optuna_internals import stored_trial
 from dse.search_spaces import BoundSpace
 from dse.study.screening import ScreeningRule
@@ -69,6 +70,7 @@ class TrialEvaluation:
         self.current: optuna.Trial | None = None  # the trial this worker is running
         self.last_error: tuple[int, Exception] | None = None  # the last trial that raised, and what
         self._baseline_accuracy: float | None = None
+        self._commit = git_commit()  # the code this worker loaded: recorded on each trial it runs
 
     def baseline_accuracy(self) -> float:
         """Accuracy of the all-exact model: from the baseline trial, else measured once."""
@@ -120,6 +122,8 @@ class TrialEvaluation:
         trial.set_user_attr(KEY_ATTR, key)
         trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("torch_threads", torch.get_num_threads())  # from its allocation (dse.worker.process)
+        if self._commit is not None:
+            trial.set_user_attr("code_commit", self._commit)
         if scheduler_job():
             trial.set_user_attr("scheduler_job", scheduler_job())
 
