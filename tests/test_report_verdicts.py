@@ -23,7 +23,7 @@ from dse.report.paper1_decimals import UNIFORM as UNIFORM_DECIMALS
 from dse.report.paper3_formats import STAGE as FORMATS
 from dse.report.paper3_formats import narrowest_within
 from dse.report.readme_results import BEGIN, END, readme_block, update_readme
-from dse.report.verdicts import PENDING, verdicts
+from dse.report.verdicts import CLAIMS, PENDING, verdicts
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,8 +141,37 @@ def test_the_committed_store_names_no_identifier_of_an_unshipped_store() -> None
 def test_the_committed_store_copies_cleanly(tmp_path: Path) -> None:
     """The document rebuilds from a copy of the store alone (nothing read from elsewhere)."""
     shutil.copytree(ROOT / "docs/results_data", tmp_path / "store")
-    ctx = _context(tmp_path / "store")
-    assert len(verdicts(ctx)) == 13
+    found = verdicts(_context(tmp_path / "store"))
+    assert [v.claim for v in found] == [c.claim for c in CLAIMS]
+    assert not [v.why for v in found if "is missing;" in v.why or "stored stage has no" in v.why]  # files, rows
+
+
+def _formats_store(tmp_path: Path, top1: dict[str, float]) -> ReportContext:
+    """A formats stage holding per-image results with these accuracies (of 1,000 images)."""
+    store = tmp_path / "store"
+    (store / "formats").mkdir(parents=True)
+    (store / "formats/meta.json").write_text(json.dumps({"complete": True}))
+    rows = []
+    for name, acc in top1.items():
+        correct = torch.zeros(1000, dtype=torch.bool)
+        correct[: round(1000 * acc)] = True  # nested: a narrower format loses only images the wider one lost
+        bits = 32 if name == "fp32" else int(name[3:])
+        rows.append({"format": name, "bits": bits, "top1": acc, "images": 1000, "correct": pack_correct(correct)})
+    pd.DataFrame(rows).to_csv(store / "formats/uniform.csv", index=False)
+    return _context(store)
+
+
+def test_quantization_robustness_needs_int8_within_a_point_and_a_loss_that_grows_with_the_noise(
+    tmp_path: Path,
+) -> None:
+    claim = "robustness to quantization noise"
+    graceful = _formats_store(tmp_path / "a", {"fp32": 0.87, "int16": 0.87, "int8": 0.866, "int6": 0.85, "int4": 0.6})
+    found = {v.claim: v for v in verdicts(graceful)}[claim]
+    assert found.verdict == "reproduced"
+    assert found.ours.startswith("int16 +0.00, int8 -0.40, int6 -2.00, int4 -27.00 points from float32")
+    assert "McNemar p 0.12" in found.ours and "1,000 held-out images" in found.ours
+    fragile = _formats_store(tmp_path / "b", {"fp32": 0.87, "int16": 0.87, "int8": 0.84, "int6": 0.83, "int4": 0.6})
+    assert {v.claim: v for v in verdicts(fragile)}[claim].verdict == "refuted"  # int8 loses 3 points
 
 
 def test_the_appendix_names_the_commits_a_stage_s_study_trials_ran_on(tmp_path: Path) -> None:

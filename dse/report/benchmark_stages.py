@@ -123,6 +123,11 @@ def render_search(ctx: ReportContext) -> str:
             table(headers, rows),
             f"![search efficiency per layer]({ctx.link(ctx.figure('search_efficiency_per_layer.png'))})",
         ]
+    else:
+        parts.append(
+            "**Per-layer space** (4^53 assignments): not measured in the stored run "
+            "(`report.search_efficiency.per_layer=true`; about 40 min on 2 cores, then cached)."
+        )
     return "\n\n".join(parts)
 
 
