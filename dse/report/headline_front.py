@@ -269,8 +269,8 @@ def render(ctx: ReportContext) -> str:
             " (the preset the search optimised)" if g["preset"] == search_preset else " (the same trials, re-priced)"
         )
         verdicts.append(
-            f"- **{g['preset']}**{searched}: {len(g['kept'])} of {len(front)} front points (beyond the references) "
-            "are dominated by no reference"
+            f"- **{g['preset']}**{searched}: front points that no reference dominates: {len(g['kept'])} of "
+            f"{len(front)}"
             + (f" ({', '.join(g['kept'])})" if g["kept"] else "")
             + (f"; dominated by a reference: {', '.join(g['beaten'])}" if g["beaten"] else "")
             + f". Held-out hypervolume of the references alone {100 * g['references']:.2f}%, with the front "
