@@ -27,7 +27,7 @@ compared run's points. Evaluations are cached too (two worker processes, one thr
     python benchmarks/search_efficiency.py --gp           # and Optuna's GP sampler (3 seeds, 40 trials)
     python benchmarks/search_efficiency.py --quick        # 5 seeds, fewer samplers (a few minutes once cached)
     python benchmarks/search_efficiency.py --build-only   # just (finish) the grid
-    python benchmarks/search_efficiency.py --per-layer    # the per-layer space (about 40 min here, then cached)
+    python benchmarks/search_efficiency.py --per-layer    # the per-layer space (about 80 min on 2 cores, then cached)
 
 Last line: ``trials_to_95pct=<median for the default sampler> grid=<size> true_front_pruned=<count>``.
 """

@@ -126,7 +126,7 @@ def render_search(ctx: ReportContext) -> str:
     else:
         parts.append(
             "**Per-layer space** (4^53 assignments): not measured in the stored run "
-            "(`report.search_efficiency.per_layer=true`; about 40 min on 2 cores, then cached)."
+            "(`report.search_efficiency.per_layer=true`; about 80 min on 2 cores, then cached)."
         )
     return "\n\n".join(parts)
 

@@ -67,7 +67,8 @@ def _uniform_rows(uniform: pd.DataFrame, base: pd.Series) -> list[list[object]]:
     return rows
 
 
-def _exponent_bias(uniform: pd.DataFrame, base: pd.Series, limit: float, narrowest: str, bits: int) -> str:
+def _minifloats_and_integers(uniform: pd.DataFrame, base: pd.Series, limit: float) -> str:
+    """Which minifloats and integers stay within ``limit``, and how the minifloats were scaled."""
     minifloats = uniform[uniform["format"].str.match(r"e\dm\d")]
     mini_drop = 100 * (base["top1"] - minifloats["top1"])
     within = minifloats.loc[mini_drop <= limit]
@@ -76,12 +77,13 @@ def _exponent_bias(uniform: pd.DataFrame, base: pd.Series, limit: float, narrowe
     mini_bad = list(minifloats.loc[(mini_drop > limit)]["format"])
     ints = uniform[uniform["format"].str.startswith("int")]
     ints_ok = list(ints.loc[100 * (base["top1"] - ints["top1"]) <= limit, "format"])
+    scalings = sorted({getattr(parse_format(str(f)), "scaling", "none") for f in minifloats["format"]})
     return (
-        f"**Exponent bias.** The narrowest minifloats within {limit:g} point: {mini_ok}; these lose more: "
-        f"{', '.join(mini_bad) or 'none'}; integer formats within it: {', '.join(ints_ok) or 'none'}. A per-layer "
-        "exponent bias (each layer's range shifted to its weights) is the known remedy and is **not built**: "
-        f"dse's minifloats have the IEEE-style fixed bias. Whether it would take a minifloat below {narrowest}'s "
-        f"{bits} bits within the limit is not measured."
+        f"**Minifloats and integers.** The narrowest minifloats within {limit:g} point: {mini_ok}; these lose "
+        f"more: {', '.join(mini_bad) or 'none'}; integer formats within it: {', '.join(ints_ok) or 'none'}. "
+        f"The minifloats here carry a power-of-two exponent bias per {' / '.join(scalings)} of the weights (per "
+        "tensor for activations), as the integers carry a scale: the comparison is between number formats, not "
+        "between scaled and unscaled ones (`e<E>m<M>_raw` keeps the fixed IEEE bias)."
     )
 
 
@@ -166,7 +168,7 @@ def render(ctx: ReportContext) -> str:
     ]
     per_group = _per_group(ctx, limit, uniform_speedup, narrowest)
     if len(per_group) > 1:
-        per_group.append(_exponent_bias(uniform, base, limit, narrowest, bits))
+        per_group.append(_minifloats_and_integers(uniform, base, limit))
     return "\n\n".join(parts + per_group)
 
 

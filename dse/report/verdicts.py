@@ -185,12 +185,14 @@ def _p3_speedup(ctx: ReportContext) -> Finding:
 
 def _p3_search(ctx: ReportContext) -> Finding:
     rows = ctx.stored_table("search_efficiency", "search_efficiency")
-    tpe = rows[rows["sampler"] == "tpe (default)"].iloc[0]
+    by = rows.set_index("sampler")
+    tpe, rand = by.loc["tpe (default)"], by.loc["random"]
     return Finding(
         f"TPE reaches 95% of the true front's hypervolume in a median of {tpe['to 95% (median)']:g} evaluations "
-        f"({tpe['to 95% (min-max)']}) of 625, {int(tpe['seeds'])} seeds",
+        f"({tpe['to 95% (min-max)']}) of 625, 99% in {tpe['to 99% (median)']:g}; random sampling "
+        f"{rand['to 95% (median)']:g} and {rand['to 99% (median)']:g} ({int(tpe['seeds'])} seeds each)",
         REPRODUCED,
-        "the same kind of gain, measured against the full grid's ground truth",
+        "far fewer evaluations than the exhaustive grid; over random sampling TPE gains mostly on the last percent",
     )
 
 
