@@ -46,7 +46,10 @@ _logger = logging.getLogger(__name__)
 WHY_TOP1_MAY_DIFFER = (
     "ONNX Runtime accumulates integer products exactly in int32 and rescales once (its QLinearConv), with the "
     "bias rounded to the accumulator's scale; dse sums the dequantized products in float32. Where a layer's "
-    "output lands within float32 rounding of a quantization step, the next layer sees the neighbouring code."
+    "output lands within float32 rounding of a quantization step, the next layer sees the neighbouring code. "
+    "On x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of products in 16 bits, which "
+    "saturate (the reason for its quantizer's reduce_range option): there many more images differ, and the "
+    "deployed accuracy is that machine's, not dse's."
 )
 
 

@@ -6,6 +6,7 @@ optimisations (as deployed) the integer kernels accumulate in int32, which may m
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,17 @@ def test_the_graph_as_written_computes_the_candidates_logits(
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.98
 
 
+def _x86_without_vnni() -> bool:
+    """An x86 CPU whose int8 dot products lack VNNI: ONNX Runtime's uint8 x int8 kernels then sum pairs of
+    products in int16 (vpmaddubsw), which saturates for large operands (its quantizer's ``reduce_range``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    return platform.machine().lower() in ("x86_64", "amd64") and "avx2" in flags and "vnni" not in flags
+
+
+_X86_WITHOUT_VNNI = _x86_without_vnni()
+
+
 @pytest.mark.parametrize(
     ("knobs", "same_on_every_image"),
     [
@@ -85,7 +97,15 @@ def test_the_graph_as_written_computes_the_candidates_logits(
         ({"weight_format": "bf16", "activation_format": "bf16"}, True),
         ({"weight_format": "fp16", "activation_format": "fp16"}, True),
         ({"decimals": 2}, True),
-        ({"weight_format": "int8", "activation_format": "uint8"}, False),
+        pytest.param(
+            {"weight_format": "int8", "activation_format": "uint8"},
+            False,
+            marks=pytest.mark.xfail(
+                _X86_WITHOUT_VNNI,
+                reason="ONNX Runtime's u8s8 kernels saturate 16-bit pair sums on x86 without VNNI",
+                strict=True,  # fails loudly the day they stop saturating (or this CPU check is wrong)
+            ),
+        ),
         ({"multiplier": "exact_s8"}, False),
     ],
     ids=lambda v: "-".join(f"{x}" for x in v.values()) if isinstance(v, dict) else str(v),
